@@ -1,0 +1,1 @@
+//! Criterion benchmarks for AWARE live in `benches/benches/`; see benches/README.md.

@@ -1,0 +1,19 @@
+//! swarm-core: the colony's senses. Pure data and codecs, no I/O.
+//!
+//! - [`id`]: stable node identity ([`NodeId`]).
+//! - [`caps`]: what a node can offer ([`Capabilities`]).
+//! - [`time`]: the virtual/monotonic instant every state machine is fed ([`Time`]).
+//! - [`wire`]: versioned, size-limited wire messages and their codec (serde + bincode 2).
+//! - [`seal`]: keyed authentication of every packet (BLAKE3 keyed hash).
+//! - [`swim`]: the SWIM (foca) identity and the pheromone "scent" piggybacked on foca broadcasts.
+
+pub mod caps;
+pub mod id;
+pub mod seal;
+pub mod swim;
+pub mod time;
+pub mod wire;
+
+pub use caps::Capabilities;
+pub use id::NodeId;
+pub use time::Time;

@@ -1,0 +1,311 @@
+//! Versioned wire messages and their codec.
+//!
+//! Every packet is `[MAGIC][WIRE_VERSION][channel][sender NodeId, 8 bytes LE][body][seal tag]`.
+//! The `Swim` channel carries foca's own bytes; the `Colony` channel carries a bincode-encoded
+//! [`ColonyMsg`]. Decoding treats every byte as hostile: size limit first, then magic, version,
+//! seal, and a bincode decode bounded by the same limit that must consume the body exactly.
+
+use crate::NodeId;
+use crate::seal::{ColonyKey, TAG_BYTES};
+use serde::{Deserialize, Serialize};
+
+pub const MAGIC: u8 = 0xA7;
+pub const WIRE_VERSION: u8 = 1;
+/// Header bytes before the body: magic, version, channel, sender id.
+pub const HEADER_BYTES: usize = 3 + 8;
+/// Largest datagram (gossip, election, heartbeats) a node accepts.
+pub const MAX_DATAGRAM_BYTES: usize = 64 * 1024;
+/// Largest message a node accepts on a reliable stream (colony-state transfer).
+pub const MAX_STREAM_BYTES: usize = 16 * 1024 * 1024;
+
+const CHANNEL_SWIM: u8 = 1;
+const CHANNEL_COLONY: u8 = 2;
+
+/// A pheromone level in parts per million (1_000_000 = the strongest possible scent).
+/// Fixed-point so that comparisons are exact and identical on every platform.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Pheromone(pub u32);
+
+impl Pheromone {
+    pub const MAX: Pheromone = Pheromone(1_000_000);
+
+    pub fn from_f64(level: f64) -> Pheromone {
+        if level.is_nan() || level <= 0.0 {
+            Pheromone(0)
+        } else {
+            Pheromone((level.min(1.0) * 1e6).round() as u32)
+        }
+    }
+
+    pub fn as_f64(self) -> f64 {
+        f64::from(self.0.min(Self::MAX.0)) / 1e6
+    }
+}
+
+/// The version of a colony-state document: the term of the queen that wrote it, then a sequence
+/// number within that term. Ordered lexicographically.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Version {
+    pub term: u64,
+    pub seq: u64,
+}
+
+impl std::fmt::Display for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.term, self.seq)
+    }
+}
+
+/// One replica of a role placed on a node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub role: String,
+    pub replica: u32,
+    pub node: NodeId,
+}
+
+/// The colony-state document the queen replicates. A version is committed once a majority of the
+/// roster has acknowledged it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ColonyState {
+    pub version: Version,
+    /// The voting membership: majorities are counted over this list. Sorted, no duplicates.
+    pub roster: Vec<NodeId>,
+    pub spec_version: u64,
+    pub assignments: Vec<Assignment>,
+}
+
+/// A likely successor, as ranked by the queen: up to date and fit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heir {
+    pub node: NodeId,
+    pub pheromone: Pheromone,
+}
+
+/// Election, reign and replication messages (sent point to point, never gossiped).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ColonyMsg {
+    /// "Would you vote for me in `term`?" Does not change anyone's term (pre-vote).
+    PreVote {
+        term: u64,
+        version: Version,
+        pheromone: Pheromone,
+    },
+    PreVoteReply {
+        term: u64,
+        granted: bool,
+    },
+    /// A real ballot for `term`. `handover` is set when the reigning queen asked this candidate to
+    /// take over, which lets voters ignore the still-valid lease of that queen.
+    RequestVote {
+        term: u64,
+        version: Version,
+        pheromone: Pheromone,
+        handover: bool,
+    },
+    VoteReply {
+        term: u64,
+        granted: bool,
+    },
+    /// The queen's lease renewal. `latest` is the newest state version, `commit` the newest
+    /// committed one; `heirs` ranks the fittest up-to-date workers for succession.
+    Heartbeat {
+        term: u64,
+        seq: u64,
+        lease_ms: u32,
+        latest: Version,
+        commit: Version,
+        heirs: Vec<Heir>,
+    },
+    /// A worker's answer: the newest version it holds. `term` is the worker's own term; a higher
+    /// one tells the queen that she has been superseded.
+    HeartbeatAck {
+        term: u64,
+        seq: u64,
+        accepted: Version,
+    },
+    /// The full colony-state document, with the queen's commit point.
+    State {
+        term: u64,
+        state: ColonyState,
+        commit: Version,
+    },
+    /// The queen asks a fitter, up-to-date worker to stand now.
+    HandOver {
+        term: u64,
+    },
+}
+
+/// What a packet carries.
+#[derive(Debug, PartialEq)]
+pub enum Body<'a> {
+    Swim(&'a [u8]),
+    Colony(ColonyMsg),
+}
+
+/// A packet that passed every check.
+#[derive(Debug, PartialEq)]
+pub struct Decoded<'a> {
+    pub from: NodeId,
+    pub body: Body<'a>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WireError {
+    #[error("packet of {len} bytes exceeds the limit of {limit}")]
+    TooBig { len: usize, limit: usize },
+    #[error("packet of {0} bytes is too short")]
+    TooShort(usize),
+    #[error("bad magic byte {0:#04x}")]
+    BadMagic(u8),
+    #[error("unsupported wire version {0} (this node speaks {WIRE_VERSION})")]
+    UnsupportedVersion(u8),
+    #[error("unknown channel {0}")]
+    UnknownChannel(u8),
+    #[error("seal does not verify (wrong colony key or tampered packet)")]
+    BadSeal,
+    #[error("malformed body: {0}")]
+    Malformed(String),
+    #[error("body has {0} trailing bytes")]
+    TrailingBytes(usize),
+    #[error("encode failed: {0}")]
+    Encode(String),
+}
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<MAX_STREAM_BYTES>()
+}
+
+fn header(channel: u8, from: NodeId, capacity: usize) -> Vec<u8> {
+    let mut packet = Vec::with_capacity(HEADER_BYTES + capacity + TAG_BYTES);
+    packet.extend_from_slice(&[MAGIC, WIRE_VERSION, channel]);
+    packet.extend_from_slice(&from.0.to_le_bytes());
+    packet
+}
+
+/// Wraps foca's bytes in a sealed packet.
+pub fn encode_swim(from: NodeId, swim: &[u8], key: &ColonyKey) -> Vec<u8> {
+    let mut packet = header(CHANNEL_SWIM, from, swim.len());
+    packet.extend_from_slice(swim);
+    key.seal(&mut packet);
+    packet
+}
+
+/// Encodes and seals a colony message.
+pub fn encode_colony(from: NodeId, msg: &ColonyMsg, key: &ColonyKey) -> Result<Vec<u8>, WireError> {
+    let mut packet = header(CHANNEL_COLONY, from, 64);
+    bincode::serde::encode_into_std_write(msg, &mut packet, config())
+        .map_err(|e| WireError::Encode(e.to_string()))?;
+    key.seal(&mut packet);
+    Ok(packet)
+}
+
+/// Checks and decodes a packet of at most `limit` bytes.
+pub fn decode<'a>(packet: &'a [u8], key: &ColonyKey, limit: usize) -> Result<Decoded<'a>, WireError> {
+    if packet.len() > limit {
+        return Err(WireError::TooBig { len: packet.len(), limit });
+    }
+    if packet.len() < HEADER_BYTES + TAG_BYTES {
+        return Err(WireError::TooShort(packet.len()));
+    }
+    if packet[0] != MAGIC {
+        return Err(WireError::BadMagic(packet[0]));
+    }
+    if packet[1] != WIRE_VERSION {
+        return Err(WireError::UnsupportedVersion(packet[1]));
+    }
+    let sealed = key.open(packet).ok_or(WireError::BadSeal)?;
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&sealed[3..HEADER_BYTES]);
+    let from = NodeId(u64::from_le_bytes(id));
+    let body = &sealed[HEADER_BYTES..];
+    let body = match sealed[2] {
+        CHANNEL_SWIM => Body::Swim(body),
+        CHANNEL_COLONY => {
+            let (msg, used): (ColonyMsg, usize) = bincode::serde::decode_from_slice(body, config())
+                .map_err(|e| WireError::Malformed(e.to_string()))?;
+            if used != body.len() {
+                return Err(WireError::TrailingBytes(body.len() - used));
+            }
+            Body::Colony(msg)
+        }
+        other => return Err(WireError::UnknownChannel(other)),
+    };
+    Ok(Decoded { from, body })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> ColonyKey {
+        ColonyKey::from_passphrase("test")
+    }
+
+    fn sample() -> ColonyMsg {
+        ColonyMsg::Heartbeat {
+            term: 7,
+            seq: 3,
+            lease_ms: 1000,
+            latest: Version { term: 7, seq: 2 },
+            commit: Version { term: 7, seq: 1 },
+            heirs: vec![Heir { node: NodeId(9), pheromone: Pheromone(500_000) }],
+        }
+    }
+
+    #[test]
+    fn colony_round_trip() {
+        let bytes = encode_colony(NodeId(42), &sample(), &key()).unwrap();
+        let decoded = decode(&bytes, &key(), MAX_DATAGRAM_BYTES).unwrap();
+        assert_eq!(decoded.from, NodeId(42));
+        assert_eq!(decoded.body, Body::Colony(sample()));
+    }
+
+    #[test]
+    fn swim_round_trip() {
+        let bytes = encode_swim(NodeId(1), b"foca", &key());
+        assert_eq!(decode(&bytes, &key(), 100).unwrap().body, Body::Swim(b"foca"));
+    }
+
+    #[test]
+    fn rejects_what_it_must() {
+        let good = encode_colony(NodeId(42), &sample(), &key()).unwrap();
+        assert!(matches!(decode(&good, &key(), 10), Err(WireError::TooBig { .. })));
+        assert_eq!(decode(&good[..5], &key(), 1000), Err(WireError::TooShort(5)));
+        let mut bad = good.clone();
+        bad[0] = 0;
+        assert_eq!(decode(&bad, &key(), 1000), Err(WireError::BadMagic(0)));
+        let mut bad = good.clone();
+        bad[1] = 99;
+        assert_eq!(decode(&bad, &key(), 1000), Err(WireError::UnsupportedVersion(99)));
+        let mut bad = good.clone();
+        bad[20] ^= 0xff;
+        assert_eq!(decode(&bad, &key(), 1000), Err(WireError::BadSeal));
+    }
+
+    /// Correctly sealed but hostile bodies (as from a compromised key holder) must never panic.
+    #[test]
+    fn hostile_bodies_never_panic() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        for len in 0..400usize {
+            let mut body = Vec::with_capacity(len);
+            for _ in 0..len {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                body.push(state as u8);
+            }
+            let mut packet = vec![MAGIC, WIRE_VERSION, CHANNEL_COLONY];
+            packet.extend_from_slice(&7u64.to_le_bytes());
+            packet.extend_from_slice(&body);
+            key().seal(&mut packet);
+            let _ = decode(&packet, &key(), MAX_STREAM_BYTES);
+        }
+        // A length prefix claiming a huge vector must be refused by the limit, not allocated.
+        let mut packet = vec![MAGIC, WIRE_VERSION, CHANNEL_COLONY];
+        packet.extend_from_slice(&7u64.to_le_bytes());
+        packet.extend_from_slice(&[6, 1, 1, 0, 0, 0, 252, 0xff, 0xff, 0xff, 0x7f]);
+        key().seal(&mut packet);
+        assert!(decode(&packet, &key(), MAX_STREAM_BYTES).is_err());
+    }
+}
