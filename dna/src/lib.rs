@@ -1,1 +1,22 @@
-//! placeholder
+//! dna: the colony's instinct engine. Pure and sans-IO: no sockets, no clock reads, no global RNG.
+//!
+//! A [`Node`] is a state machine in the style of quinn-proto and foca: the driver feeds it
+//! packets (`handle_packet`) and timer expiries (`handle_timeout`) with `now`, and drains what it
+//! wants done (`poll_transmit`, `poll_timeout`, `poll_persist`, `poll_event`).
+//!
+//! - [`config`]: every tunable, with units in the names.
+//! - [`pheromone`]: how fit a node is to be queen, evaporating and reinforced over time.
+//! - [`quorum`]: majorities over the roster (or `bootstrap_expect` before there is one).
+//! - [`election`]: the voter's rules and the candidate's stagger, as pure functions.
+//! - [`timer`]: the node's own timer queue.
+//! - [`node`]: SWIM membership (foca), election, reign and colony-state replication.
+
+pub mod config;
+pub mod election;
+pub mod node;
+pub mod pheromone;
+pub mod quorum;
+pub mod timer;
+
+pub use config::Config;
+pub use node::{AbdicateReason, Event, Node, Persisted, Role, Transmit};

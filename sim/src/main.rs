@@ -1,1 +1,261 @@
-fn main() {}
+//! `aware-sim`: run one simulated colony, or sweep a scenario over many seeds.
+
+use anyhow::{Context, Result, bail};
+use aware_sim::engine::{Options, Sim};
+use aware_sim::report::Report;
+use aware_sim::scenario::{NetworkSpec, Scenario, parse_duration_us};
+use aware_sim::sweep;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "aware-sim",
+    version,
+    about = "Deterministic simulator for AWARE colonies: same seed, same run"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Simulate one colony and print its report (a timeline, or JSON with --json).
+    Run {
+        #[command(flatten)]
+        common: Common,
+        /// RNG seed: the same seed replays the same run, event for event.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Print the timeline of crowns, crashes and partitions (default without --json).
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Run a scenario for every seed in a range and aggregate the results.
+    Sweep {
+        #[command(flatten)]
+        common: Common,
+        /// Seeds as `A..B` (exclusive) or `A..=B`.
+        #[arg(long, default_value = "0..100")]
+        seeds: String,
+        /// Worker threads (each run is single-threaded and deterministic).
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+    },
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// Scenario file (sim/scenarios/*.yaml). Without one: a LAN cold start (1–5 ms, 1% loss).
+    scenario: Option<PathBuf>,
+    /// Number of nodes (overrides the scenario's `nodes`).
+    #[arg(long)]
+    nodes: Option<usize>,
+    /// Simulated time, e.g. `120s`, `10m`, `1h` (overrides the scenario's `duration`).
+    #[arg(long)]
+    duration: Option<String>,
+    /// Give every node the full member list at boot instead of joining through seeds.
+    #[arg(long)]
+    preload: bool,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn default_scenario() -> Scenario {
+    Scenario {
+        name: "lan-cold-start".to_owned(),
+        nodes: None,
+        duration_us: None,
+        bootstrap_expect: None,
+        start_spread_us: 1_000_000,
+        network: NetworkSpec {
+            latency_min_us: 1_000,
+            latency_max_us: 5_000,
+            loss: 0.01,
+            duplicate: 0.0,
+            reorder: 0.0,
+        },
+        events: Vec::new(),
+        chaos: None,
+    }
+}
+
+fn load(common: &Common) -> Result<(Scenario, Options)> {
+    let scenario = match &common.scenario {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read scenario {}", path.display()))?;
+            let file = path.display().to_string();
+            Scenario::parse(&text, &file).map_err(|e| anyhow::anyhow!("{e}"))?
+        }
+        None => default_scenario(),
+    };
+    let nodes = common.nodes.or(scenario.nodes).unwrap_or(100);
+    if nodes == 0 {
+        bail!("--nodes must be at least 1");
+    }
+    let file = common
+        .scenario
+        .as_ref()
+        .map_or("(default scenario)".to_owned(), |p| p.display().to_string());
+    scenario
+        .validate(nodes, &file)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let duration_us = match &common.duration {
+        Some(d) => parse_duration_us(d).map_err(|e| anyhow::anyhow!("--duration: {e}"))?,
+        None => scenario.duration_us.unwrap_or(120_000_000),
+    };
+    let opts = Options {
+        nodes,
+        seed: 0,
+        duration_us,
+        preload_membership: common.preload || nodes >= 2000,
+        timeline: false,
+    };
+    Ok((scenario, opts))
+}
+
+fn parse_seeds(s: &str) -> Result<std::ops::Range<u64>> {
+    let (a, b, inclusive) = if let Some((a, b)) = s.split_once("..=") {
+        (a, b, true)
+    } else if let Some((a, b)) = s.split_once("..") {
+        (a, b, false)
+    } else {
+        bail!("--seeds {s:?}: expected A..B or A..=B");
+    };
+    let a: u64 = a
+        .trim()
+        .parse()
+        .with_context(|| format!("--seeds {s:?}: bad start"))?;
+    let b: u64 = b
+        .trim()
+        .parse()
+        .with_context(|| format!("--seeds {s:?}: bad end"))?;
+    let end = if inclusive { b.saturating_add(1) } else { b };
+    if end <= a {
+        bail!("--seeds {s:?} is empty");
+    }
+    Ok(a..end)
+}
+
+/// Peak resident memory of this process, from the kernel.
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn replay_command(common: &Common, opts: &Options, seed: u64) -> String {
+    let mut cmd = String::from("cargo run --release -p aware-sim -- run");
+    if let Some(p) = &common.scenario {
+        cmd.push_str(&format!(" {}", p.display()));
+    }
+    cmd.push_str(&format!(
+        " --nodes {} --seed {seed} --duration {}s",
+        opts.nodes,
+        opts.duration_us / 1_000_000
+    ));
+    if common.preload {
+        cmd.push_str(" --preload");
+    }
+    cmd
+}
+
+#[allow(clippy::disallowed_methods)] // wall-clock time of the whole run, outside the simulation
+fn wall_clock() -> std::time::Instant {
+    std::time::Instant::now()
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("aware-sim: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run() -> Result<ExitCode> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run {
+            common,
+            seed,
+            quiet,
+        } => {
+            let (scenario, mut opts) = load(&common)?;
+            opts.seed = seed;
+            opts.timeline = !common.json && !quiet;
+            let started = wall_clock();
+            let mut report: Report = Sim::new(&scenario, opts).run();
+            report.wall_s = started.elapsed().as_secs_f64();
+            report.peak_rss_mb = peak_rss_mb();
+            if common.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.readable());
+            }
+            Ok(if report.violations.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Sweep {
+            common,
+            seeds,
+            threads,
+        } => {
+            let (scenario, opts) = load(&common)?;
+            let seeds = parse_seeds(&seeds)?;
+            let started = wall_clock();
+            let reports = sweep::run_seeds(&scenario, &opts, seeds, threads);
+            let wall = started.elapsed().as_secs_f64();
+            let summary = sweep::summarize(&scenario, &reports, wall, |seed| {
+                replay_command(&common, &opts, seed)
+            });
+            if common.json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                let p = |x: &aware_sim::report::Percentiles| {
+                    format!(
+                        "p50 {:?} p99 {:?} max {:?} (n={})",
+                        x.p50, x.p99, x.max, x.samples
+                    )
+                };
+                println!(
+                    "{} runs of {} nodes in {:.1}s wall",
+                    summary.runs, summary.nodes, summary.wall_s
+                );
+                println!("first queen (s):          {}", p(&summary.first_queen_s));
+                println!("failover (s):             {}", p(&summary.failover_s));
+                println!(
+                    "membership converged (s): {}",
+                    p(&summary.membership_converged_s)
+                );
+                println!("extra terms per run:      {}", p(&summary.extra_terms));
+                println!(
+                    "runs without a queen: {:?}; unfinished failovers: {}",
+                    summary.no_queen, summary.failovers_unfinished
+                );
+                println!("violations: {}", summary.violations.len());
+                for v in summary.violations.iter().take(20) {
+                    println!(
+                        "  seed {}: {}\n    replay: {}",
+                        v.seed, v.violation, v.replay
+                    );
+                }
+            }
+            Ok(if summary.violations.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+    }
+}

@@ -16,7 +16,10 @@ impl std::fmt::Debug for ColonyKey {
 
 impl ColonyKey {
     pub fn from_passphrase(passphrase: &str) -> ColonyKey {
-        ColonyKey(blake3::derive_key("aware colony key v1", passphrase.as_bytes()))
+        ColonyKey(blake3::derive_key(
+            "aware colony key v1",
+            passphrase.as_bytes(),
+        ))
     }
 
     pub fn from_bytes(bytes: [u8; 32]) -> ColonyKey {
@@ -42,7 +45,10 @@ impl ColonyKey {
         let split = packet.len().checked_sub(TAG_BYTES)?;
         let (data, tag) = packet.split_at(split);
         let expected = self.tag(data);
-        let diff = expected.iter().zip(tag).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        let diff = expected
+            .iter()
+            .zip(tag)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
         (diff == 0).then_some(data)
     }
 }

@@ -22,7 +22,11 @@ impl Identity for SwimId {
     type Addr = SocketAddr;
 
     fn renew(&self) -> Option<Self> {
-        Some(SwimId { node: self.node, addr: self.addr, bump: self.bump.wrapping_add(1) })
+        Some(SwimId {
+            node: self.node,
+            addr: self.addr,
+            bump: self.bump.wrapping_add(1),
+        })
     }
 
     fn addr(&self) -> SocketAddr {
@@ -57,7 +61,10 @@ impl Scent {
 
     pub fn decode(data: &[u8]) -> Result<Scent, ScentError> {
         if data.len() > SCENT_MAX_BYTES {
-            return Err(ScentError(format!("{} bytes exceeds {SCENT_MAX_BYTES}", data.len())));
+            return Err(ScentError(format!(
+                "{} bytes exceeds {SCENT_MAX_BYTES}",
+                data.len()
+            )));
         }
         let config = bincode::config::standard().with_limit::<SCENT_MAX_BYTES>();
         let (scent, used): (Scent, usize) = bincode::serde::decode_from_slice(data, config)
@@ -93,7 +100,9 @@ pub struct ScentBook(Arc<Mutex<BTreeMap<NodeId, Scent>>>);
 
 impl ScentBook {
     pub fn lock(&self) -> MutexGuard<'_, BTreeMap<NodeId, Scent>> {
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn get(&self, node: NodeId) -> Option<Scent> {
@@ -105,14 +114,21 @@ impl BroadcastHandler<SwimId> for ScentBook {
     type Key = ScentKey;
     type Error = ScentError;
 
-    fn receive_item(&mut self, data: &[u8], _sender: Option<&SwimId>) -> Result<Option<ScentKey>, ScentError> {
+    fn receive_item(
+        &mut self,
+        data: &[u8],
+        _sender: Option<&SwimId>,
+    ) -> Result<Option<ScentKey>, ScentError> {
         let scent = Scent::decode(data)?;
         let mut book = self.lock();
         match book.get(&scent.node) {
             Some(known) if known.seq >= scent.seq => Ok(None),
             _ => {
                 book.insert(scent.node, scent);
-                Ok(Some(ScentKey { node: scent.node, seq: scent.seq }))
+                Ok(Some(ScentKey {
+                    node: scent.node,
+                    seq: scent.seq,
+                }))
             }
         }
     }
@@ -125,7 +141,13 @@ mod tests {
     #[test]
     fn newer_scent_replaces_older_and_stale_is_not_rebroadcast() {
         let mut book = ScentBook::default();
-        let mut scent = Scent { node: NodeId(5), seq: 2, pheromone: Pheromone(10), version: Version::default(), term: 1 };
+        let mut scent = Scent {
+            node: NodeId(5),
+            seq: 2,
+            pheromone: Pheromone(10),
+            version: Version::default(),
+            term: 1,
+        };
         assert!(book.receive_item(&scent.encode(), None).unwrap().is_some());
         scent.seq = 1;
         assert!(book.receive_item(&scent.encode(), None).unwrap().is_none());
@@ -136,7 +158,11 @@ mod tests {
 
     #[test]
     fn renewed_identity_wins_conflicts_even_when_wrapped() {
-        let a = SwimId { node: NodeId(1), addr: "10.0.0.1:7946".parse().unwrap(), bump: u16::MAX };
+        let a = SwimId {
+            node: NodeId(1),
+            addr: "10.0.0.1:7946".parse().unwrap(),
+            bump: u16::MAX,
+        };
         let b = a.renew().unwrap();
         assert_eq!(b.bump, 0);
         assert!(b.win_addr_conflict(&a));

@@ -7,6 +7,7 @@
 
 use crate::NodeId;
 use crate::seal::{ColonyKey, TAG_BYTES};
+use crate::swim::SwimId;
 use serde::{Deserialize, Serialize};
 
 pub const MAGIC: u8 = 0xA7;
@@ -23,7 +24,9 @@ const CHANNEL_COLONY: u8 = 2;
 
 /// A pheromone level in parts per million (1_000_000 = the strongest possible scent).
 /// Fixed-point so that comparisons are exact and identical on every platform.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Pheromone(pub u32);
 
 impl Pheromone {
@@ -44,7 +47,9 @@ impl Pheromone {
 
 /// The version of a colony-state document: the term of the queen that wrote it, then a sequence
 /// number within that term. Ordered lexicographically.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Version {
     pub term: u64,
     pub seq: u64,
@@ -62,6 +67,23 @@ pub struct Assignment {
     pub role: String,
     pub replica: u32,
     pub node: NodeId,
+}
+
+impl ColonyState {
+    /// A digest of the whole document, to check that equal versions hold equal content.
+    pub fn digest(&self) -> u64 {
+        let bytes =
+            bincode::serde::encode_to_vec(self, bincode::config::standard()).unwrap_or_default();
+        let hash = blake3::hash(&bytes);
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&hash.as_bytes()[..8]);
+        u64::from_le_bytes(first)
+    }
+
+    /// Structural checks on a document received from the wire.
+    pub fn is_well_formed(&self) -> bool {
+        self.roster.windows(2).all(|w| w[0] < w[1])
+    }
 }
 
 /// The colony-state document the queen replicates. A version is committed once a majority of the
@@ -134,7 +156,16 @@ pub enum ColonyMsg {
     HandOver {
         term: u64,
     },
+    /// A joining node asks a seed for the whole member list at once (join-time state exchange).
+    JoinRequest,
+    /// A chunk of the sender's live members, in answer to a [`ColonyMsg::JoinRequest`].
+    Members {
+        members: Vec<SwimId>,
+    },
 }
+
+/// Most members sent in one [`ColonyMsg::Members`] datagram.
+pub const MEMBERS_PER_PACKET: usize = 512;
 
 /// What a packet carries.
 #[derive(Debug, PartialEq)]
@@ -201,9 +232,16 @@ pub fn encode_colony(from: NodeId, msg: &ColonyMsg, key: &ColonyKey) -> Result<V
 }
 
 /// Checks and decodes a packet of at most `limit` bytes.
-pub fn decode<'a>(packet: &'a [u8], key: &ColonyKey, limit: usize) -> Result<Decoded<'a>, WireError> {
+pub fn decode<'a>(
+    packet: &'a [u8],
+    key: &ColonyKey,
+    limit: usize,
+) -> Result<Decoded<'a>, WireError> {
     if packet.len() > limit {
-        return Err(WireError::TooBig { len: packet.len(), limit });
+        return Err(WireError::TooBig {
+            len: packet.len(),
+            limit,
+        });
     }
     if packet.len() < HEADER_BYTES + TAG_BYTES {
         return Err(WireError::TooShort(packet.len()));
@@ -249,7 +287,10 @@ mod tests {
             lease_ms: 1000,
             latest: Version { term: 7, seq: 2 },
             commit: Version { term: 7, seq: 1 },
-            heirs: vec![Heir { node: NodeId(9), pheromone: Pheromone(500_000) }],
+            heirs: vec![Heir {
+                node: NodeId(9),
+                pheromone: Pheromone(500_000),
+            }],
         }
     }
 
@@ -264,20 +305,32 @@ mod tests {
     #[test]
     fn swim_round_trip() {
         let bytes = encode_swim(NodeId(1), b"foca", &key());
-        assert_eq!(decode(&bytes, &key(), 100).unwrap().body, Body::Swim(b"foca"));
+        assert_eq!(
+            decode(&bytes, &key(), 100).unwrap().body,
+            Body::Swim(b"foca")
+        );
     }
 
     #[test]
     fn rejects_what_it_must() {
         let good = encode_colony(NodeId(42), &sample(), &key()).unwrap();
-        assert!(matches!(decode(&good, &key(), 10), Err(WireError::TooBig { .. })));
-        assert_eq!(decode(&good[..5], &key(), 1000), Err(WireError::TooShort(5)));
+        assert!(matches!(
+            decode(&good, &key(), 10),
+            Err(WireError::TooBig { .. })
+        ));
+        assert_eq!(
+            decode(&good[..5], &key(), 1000),
+            Err(WireError::TooShort(5))
+        );
         let mut bad = good.clone();
         bad[0] = 0;
         assert_eq!(decode(&bad, &key(), 1000), Err(WireError::BadMagic(0)));
         let mut bad = good.clone();
         bad[1] = 99;
-        assert_eq!(decode(&bad, &key(), 1000), Err(WireError::UnsupportedVersion(99)));
+        assert_eq!(
+            decode(&bad, &key(), 1000),
+            Err(WireError::UnsupportedVersion(99))
+        );
         let mut bad = good.clone();
         bad[20] ^= 0xff;
         assert_eq!(decode(&bad, &key(), 1000), Err(WireError::BadSeal));

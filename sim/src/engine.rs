@@ -1,0 +1,779 @@
+//! The discrete-event engine: virtual time, one seeded RNG (ChaCha8), an event queue ordered by
+//! (time, sequence number), a simulated network (latency, loss, duplication, reordering,
+//! partitions, one-way cuts), crashes and restarts (a restart keeps what the node persisted),
+//! and clock skew. It drives the very same `dna::Node` (and so foca) the agent runs.
+//!
+//! Same seed ⇒ same event sequence: the trace hash folds every processed event in order.
+
+use crate::checker::Checker;
+use crate::report::{Failover, QueenRecord, Report};
+use crate::scenario::{Action, ChaosSpec, RestartTarget, Scenario, Target, TimedEvent};
+use bytes::Bytes;
+use dna::{Config, Event, Node, Persisted, Role};
+use rand::rngs::ChaCha8Rng;
+use rand::{RngExt, SeedableRng};
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use swarm_core::seal::ColonyKey;
+use swarm_core::swim::SwimId;
+use swarm_core::{Capabilities, NodeId, Time};
+
+const PORT: u16 = 7946;
+/// Node clocks start here so that negative skew never underflows.
+const CLOCK_BASE_US: u64 = 1_000_000_000;
+/// How often the engine samples colony-wide properties (membership convergence).
+const SAMPLE_US: u64 = 100_000;
+/// After the last disturbance, the colony must have converged to one queen within this long.
+pub const SETTLE_US: u64 = 20_000_000;
+/// Bound on in-flight events (a runaway would otherwise eat the machine).
+pub const MAX_QUEUE: usize = 50_000_000;
+/// Bound on timeline lines kept for the readable report.
+const MAX_TIMELINE: usize = 10_000;
+
+/// Knobs beyond the scenario.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub nodes: usize,
+    pub seed: u64,
+    pub duration_us: u64,
+    /// Give every node the full member list at boot (as from discovery) instead of joining
+    /// through seeds; needed for very large colonies.
+    pub preload_membership: bool,
+    pub timeline: bool,
+}
+
+pub fn addr_of(index: usize) -> SocketAddr {
+    let ip = u32::from(Ipv4Addr::new(10, 0, 0, 0)) + 1 + index as u32;
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::from(ip), PORT))
+}
+
+fn index_of(addr: SocketAddr, nodes: usize) -> Option<usize> {
+    let SocketAddr::V4(v4) = addr else {
+        return None;
+    };
+    let i = u32::from(*v4.ip()).checked_sub(u32::from(Ipv4Addr::new(10, 0, 0, 0)) + 1)? as usize;
+    (i < nodes && v4.port() == PORT).then_some(i)
+}
+
+enum Kind {
+    Boot {
+        node: usize,
+    },
+    Deliver {
+        to: usize,
+        from: SocketAddr,
+        payload: Bytes,
+    },
+    Wake {
+        node: usize,
+        incarnation: u32,
+    },
+    Scenario {
+        index: usize,
+    },
+    Chaos,
+    Sample,
+}
+
+struct Ev {
+    at: u64,
+    seq: u64,
+    kind: Kind,
+}
+impl PartialEq for Ev {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.seq) == (o.at, o.seq)
+    }
+}
+impl Eq for Ev {}
+impl PartialOrd for Ev {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Ev {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(o.at, o.seq))
+    }
+}
+
+struct SimNode {
+    id: NodeId,
+    cfg: Config,
+    node: Option<Node>,
+    disk: Option<Persisted>,
+    offset_us: i64,
+    wake_at: Option<u64>,
+    crashed_at: Option<u64>,
+}
+
+impl SimNode {
+    fn local(&self, global: u64) -> Time {
+        Time((CLOCK_BASE_US + global).saturating_add_signed(self.offset_us))
+    }
+    fn global(&self, local: Time) -> u64 {
+        local
+            .0
+            .saturating_add_signed(-self.offset_us)
+            .saturating_sub(CLOCK_BASE_US)
+    }
+}
+
+struct Net {
+    latency: (u64, u64),
+    base_loss: f64,
+    loss: f64,
+    duplicate: f64,
+    reorder: f64,
+    /// Partition group per node; `None` = no partition in force.
+    groups: Option<Vec<Option<u32>>>,
+    oneway: Vec<(BTreeSet<usize>, BTreeSet<usize>)>,
+}
+
+impl Net {
+    fn cut(&self, from: usize, to: usize) -> bool {
+        if let Some(groups) = &self.groups {
+            match (groups[from], groups[to]) {
+                (Some(a), Some(b)) if a == b => {}
+                _ => return true,
+            }
+        }
+        self.oneway
+            .iter()
+            .any(|(f, t)| f.contains(&from) && t.contains(&to))
+    }
+    fn healthy(&self) -> bool {
+        self.groups.is_none() && self.oneway.is_empty()
+    }
+}
+
+pub struct Sim {
+    opts: Options,
+    rng: ChaCha8Rng,
+    now: u64,
+    seq: u64,
+    queue: BinaryHeap<Reverse<Ev>>,
+    nodes: Vec<SimNode>,
+    net: Net,
+    events: Vec<TimedEvent>,
+    chaos: Option<ChaosSpec>,
+    checker: Checker,
+    trace: u64,
+    processed: u64,
+    messages: u64,
+    bytes: u64,
+    last_disturbance: u64,
+    membership_converged: Option<u64>,
+    queens: Vec<QueenRecord>,
+    failovers: Vec<Failover>,
+    timeline: Vec<String>,
+    roster_seen: usize,
+}
+
+fn mix(h: u64, x: u64) -> u64 {
+    (h ^ x).wrapping_mul(0x100_0000_01b3).rotate_left(29)
+}
+
+impl Sim {
+    pub fn new(scenario: &Scenario, opts: Options) -> Sim {
+        let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
+        let key = ColonyKey::from_passphrase("aware-sim");
+        let n = opts.nodes;
+        let seeds: Vec<SocketAddr> = (0..n.min(3)).map(addr_of).collect();
+        let mut ids = BTreeSet::new();
+        let mut nodes = Vec::with_capacity(n);
+        for i in 0..n {
+            let mut id = NodeId(rng.random::<u64>() | 1);
+            while !ids.insert(id) {
+                id = NodeId(rng.random::<u64>() | 1);
+            }
+            let mut cfg = Config::new(id, addr_of(i), key.clone());
+            cfg.seeds = seeds.clone();
+            cfg.bootstrap_expect = scenario.bootstrap_expect.unwrap_or(n).max(1);
+            cfg.cluster_size_hint = u32::try_from(n).unwrap_or(u32::MAX);
+            cfg.caps = random_caps(&mut rng);
+            nodes.push(SimNode {
+                id,
+                cfg,
+                node: None,
+                disk: None,
+                offset_us: 0,
+                wake_at: None,
+                crashed_at: None,
+            });
+        }
+        let net = &scenario.network;
+        let mut sim = Sim {
+            rng,
+            now: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            nodes,
+            net: Net {
+                latency: (
+                    net.latency_min_us,
+                    net.latency_max_us.max(net.latency_min_us),
+                ),
+                base_loss: net.loss,
+                loss: net.loss,
+                duplicate: net.duplicate,
+                reorder: net.reorder,
+                groups: None,
+                oneway: Vec::new(),
+            },
+            events: scenario.events.clone(),
+            chaos: scenario.chaos.clone(),
+            checker: Checker::default(),
+            trace: 0xcbf2_9ce4_8422_2325,
+            processed: 0,
+            messages: 0,
+            bytes: 0,
+            last_disturbance: 0,
+            membership_converged: None,
+            queens: Vec::new(),
+            failovers: Vec::new(),
+            timeline: Vec::new(),
+            roster_seen: 0,
+            opts,
+        };
+        for i in 0..n {
+            let at = if scenario.start_spread_us > 0 {
+                sim.rng.random_range(0..scenario.start_spread_us)
+            } else {
+                0
+            };
+            sim.push(at, Kind::Boot { node: i });
+        }
+        for index in 0..sim.events.len() {
+            let at = sim.events[index].at_us;
+            sim.push(at, Kind::Scenario { index });
+        }
+        if let Some(chaos) = &sim.chaos {
+            let at = chaos.from_us;
+            sim.push(at, Kind::Chaos);
+        }
+        sim.push(0, Kind::Sample);
+        sim
+    }
+
+    fn push(&mut self, at: u64, kind: Kind) {
+        if self.queue.len() >= MAX_QUEUE {
+            return;
+        }
+        self.seq += 1;
+        self.queue.push(Reverse(Ev {
+            at: at.max(self.now),
+            seq: self.seq,
+            kind,
+        }));
+    }
+
+    fn note(&mut self, line: String) {
+        if self.opts.timeline && self.timeline.len() < MAX_TIMELINE {
+            self.timeline
+                .push(format!("{:>9.3}s  {line}", self.now as f64 / 1e6));
+        }
+    }
+
+    /// Runs to the end and returns the report (wall time and memory are filled by the caller).
+    pub fn run(mut self) -> Report {
+        let end = self.opts.duration_us;
+        while let Some(Reverse(ev)) = self.queue.pop() {
+            if ev.at > end {
+                break;
+            }
+            self.now = ev.at;
+            self.processed += 1;
+            self.trace = mix(mix(self.trace, ev.at), ev.seq);
+            self.dispatch(ev.kind);
+        }
+        self.now = end;
+        self.finish()
+    }
+
+    fn dispatch(&mut self, kind: Kind) {
+        match kind {
+            Kind::Boot { node } => self.boot(node),
+            Kind::Deliver { to, from, payload } => {
+                let tag = payload.len().checked_sub(8).map_or(0, |s| {
+                    let mut b = [0u8; 8];
+                    b.copy_from_slice(&payload[s..]);
+                    u64::from_le_bytes(b)
+                });
+                self.trace = mix(mix(self.trace, to as u64), tag);
+                let now = self.now;
+                let sn = &mut self.nodes[to];
+                let local = sn.local(now);
+                if let Some(node) = &mut sn.node {
+                    node.handle_packet(from, &payload, local);
+                    self.drain(to);
+                }
+            }
+            Kind::Wake { node, incarnation } => {
+                let now = self.now;
+                let sn = &mut self.nodes[node];
+                let local = sn.local(now);
+                let Some(n) = &mut sn.node else { return };
+                if n.incarnation() != incarnation || sn.wake_at != Some(now) {
+                    return;
+                }
+                sn.wake_at = None;
+                n.handle_timeout(local);
+                self.drain(node);
+            }
+            Kind::Scenario { index } => {
+                let action = self.events[index].action.clone();
+                self.apply(action);
+            }
+            Kind::Chaos => self.chaos_step(),
+            Kind::Sample => self.sample(),
+        }
+    }
+
+    fn boot(&mut self, i: usize) {
+        let now = self.now;
+        let seed = self.rng.random::<u64>();
+        let sn = &mut self.nodes[i];
+        let local = sn.local(now);
+        let restart = sn.disk.is_some();
+        match Node::new(sn.cfg.clone(), sn.disk.clone(), local, seed) {
+            Ok(mut node) => {
+                if self.opts.preload_membership && !restart {
+                    let all: Vec<SwimId> = self
+                        .nodes
+                        .iter()
+                        .enumerate()
+                        .map(|(j, s)| SwimId {
+                            node: s.id,
+                            addr: addr_of(j),
+                            bump: 0,
+                        })
+                        .collect();
+                    node.add_known_members(&all, local);
+                }
+                let sn = &mut self.nodes[i];
+                sn.node = Some(node);
+                sn.crashed_at = None;
+                sn.wake_at = None;
+                if restart {
+                    self.checker.on_restart(i);
+                    self.note(format!("node {i} restarts"));
+                }
+                self.drain(i);
+            }
+            Err(e) => {
+                let what = format!("node {i} cannot boot: {e}");
+                self.checker.violate(now, what);
+            }
+        }
+    }
+
+    /// Collects everything a node wants done after an input.
+    fn drain(&mut self, i: usize) {
+        let now = self.now;
+        let Some(mut node) = self.nodes[i].node.take() else {
+            return;
+        };
+        if let Some(p) = node.poll_persist() {
+            self.nodes[i].disk = Some(p);
+        }
+        while let Some(event) = node.poll_event() {
+            self.on_node_event(i, &node, event);
+        }
+        while let Some(t) = node.poll_transmit() {
+            self.transmit(i, t.to, t.payload);
+        }
+        let sn = &mut self.nodes[i];
+        if let Some(deadline) = node.poll_timeout() {
+            let at = sn.global(deadline).max(now);
+            if sn.wake_at.is_none_or(|w| at < w) {
+                sn.wake_at = Some(at);
+                let incarnation = node.incarnation();
+                sn.node = Some(node);
+                self.push(
+                    at,
+                    Kind::Wake {
+                        node: i,
+                        incarnation,
+                    },
+                );
+                return;
+            }
+        }
+        sn.node = Some(node);
+    }
+
+    fn on_node_event(&mut self, i: usize, node: &Node, event: Event) {
+        let sn = &self.nodes[i];
+        let offset = sn.offset_us;
+        let to_global = |t: Time| {
+            t.0.saturating_add_signed(-offset)
+                .saturating_sub(CLOCK_BASE_US)
+        };
+        self.checker
+            .on_event(self.now, i, sn.id, &event, to_global, node.state().version);
+        match event {
+            Event::Crowned { term, roster } => {
+                self.queens.push(QueenRecord {
+                    term,
+                    node: i,
+                    id: format!("{:?}", sn.id),
+                    crowned_s: secs(self.now),
+                    deposed_s: None,
+                });
+                for f in self
+                    .failovers
+                    .iter_mut()
+                    .filter(|f| f.new_queen_s.is_none() && f.term < term)
+                {
+                    f.new_queen_s = Some(secs(self.now));
+                }
+                self.roster_seen = roster;
+                self.note(format!(
+                    "node {i} crowned queen of term {term} (roster {roster})"
+                ));
+            }
+            Event::Abdicated { term, reason } => {
+                self.depose(i, term);
+                self.note(format!("node {i} abdicates term {term}: {reason:?}"));
+            }
+            Event::QueenLost { term, queen } => {
+                let now = secs(self.now);
+                for f in self
+                    .failovers
+                    .iter_mut()
+                    .filter(|f| f.detected_s.is_none() && f.term == term)
+                {
+                    f.detected_s = Some(now);
+                }
+                let _ = queen;
+            }
+            Event::Committed { version, .. } if node.role() == Role::Queen => {
+                self.note(format!(
+                    "node {i} commits colony state {version} (roster {})",
+                    node.state().roster.len()
+                ));
+            }
+            _ => {}
+        }
+    }
+
+    fn depose(&mut self, i: usize, term: u64) {
+        let now = secs(self.now);
+        if let Some(q) = self
+            .queens
+            .iter_mut()
+            .rev()
+            .find(|q| q.node == i && q.term == term && q.deposed_s.is_none())
+        {
+            q.deposed_s = Some(now);
+        }
+    }
+
+    fn transmit(&mut self, from: usize, to: SocketAddr, payload: Bytes) {
+        self.messages += 1;
+        self.bytes += payload.len() as u64;
+        let Some(to) = index_of(to, self.nodes.len()) else {
+            return;
+        };
+        if self.net.cut(from, to) || self.rng.random_bool(self.net.loss.clamp(0.0, 1.0)) {
+            return;
+        }
+        let from_addr = addr_of(from);
+        let copies = if self.rng.random_bool(self.net.duplicate.clamp(0.0, 1.0)) {
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let (lo, hi) = self.net.latency;
+            let mut delay = self.rng.random_range(lo..=hi);
+            if self.rng.random_bool(self.net.reorder.clamp(0.0, 1.0)) {
+                delay += self.rng.random_range(0..=hi.max(1) * 4);
+            }
+            self.push(
+                self.now + delay,
+                Kind::Deliver {
+                    to,
+                    from: from_addr,
+                    payload: payload.clone(),
+                },
+            );
+        }
+    }
+
+    fn current_queen(&self) -> Option<usize> {
+        let local = |sn: &SimNode| sn.local(self.now);
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, sn)| {
+                sn.node
+                    .as_ref()
+                    .filter(|n| n.role() == Role::Queen)
+                    .map(|n| (n.term(), i, local(sn)))
+            })
+            .max()
+            .map(|(_, i, _)| i)
+    }
+
+    fn crash(&mut self, i: usize) {
+        let Some(node) = self.nodes[i].node.take() else {
+            return;
+        };
+        let now = self.now;
+        self.nodes[i].crashed_at = Some(now);
+        self.nodes[i].wake_at = None;
+        self.checker.on_crash(i);
+        if node.role() == Role::Queen {
+            self.depose(i, node.term());
+            self.failovers.push(Failover {
+                term: node.term(),
+                queen_lost_s: secs(now),
+                detected_s: None,
+                new_queen_s: None,
+            });
+            self.note(format!("node {i} (queen of term {}) crashes", node.term()));
+        } else {
+            self.note(format!("node {i} crashes"));
+        }
+    }
+
+    fn apply(&mut self, action: Action) {
+        self.last_disturbance = self.now;
+        match action {
+            Action::Crash(Target::Queen) => match self.current_queen() {
+                Some(q) => self.crash(q),
+                None => self.note("crash: queen — there is no queen to crash".to_owned()),
+            },
+            Action::Crash(Target::Nodes(list)) => {
+                for i in list {
+                    if i < self.nodes.len() {
+                        self.crash(i);
+                    }
+                }
+            }
+            Action::Restart(target) => {
+                let list: Vec<usize> = match target {
+                    RestartTarget::Crashed => (0..self.nodes.len())
+                        .filter(|i| {
+                            self.nodes[*i].node.is_none() && self.nodes[*i].crashed_at.is_some()
+                        })
+                        .collect(),
+                    RestartTarget::Nodes(l) => l,
+                };
+                for i in list {
+                    if i < self.nodes.len() && self.nodes[i].node.is_none() {
+                        self.boot(i);
+                    }
+                }
+            }
+            Action::Partition(groups) => {
+                let mut g = vec![None; self.nodes.len()];
+                for (gi, group) in groups.iter().enumerate() {
+                    for &i in group {
+                        if let Some(slot) = g.get_mut(i) {
+                            *slot = Some(gi as u32);
+                        }
+                    }
+                }
+                self.note(format!("partition into {} groups", groups.len()));
+                self.net.groups = Some(g);
+            }
+            Action::OneWay { from, to } => {
+                self.note(format!(
+                    "one-way cut from {} nodes to {} nodes",
+                    from.len(),
+                    to.len()
+                ));
+                self.net
+                    .oneway
+                    .push((from.into_iter().collect(), to.into_iter().collect()));
+            }
+            Action::Loss(p) => {
+                self.note(format!("loss set to {p}"));
+                self.net.loss = p;
+            }
+            Action::Skew { node, offset_us } => {
+                if let Some(sn) = self.nodes.get_mut(node) {
+                    sn.offset_us = offset_us;
+                    self.note(format!("node {node} clock offset {offset_us}µs"));
+                }
+            }
+            Action::Heal => {
+                self.note("network heals".to_owned());
+                self.net.groups = None;
+                self.net.oneway.clear();
+                self.net.loss = self.net.base_loss;
+            }
+        }
+    }
+
+    /// Random faults between `from` and `until`; at `until` everything heals and restarts.
+    fn chaos_step(&mut self) {
+        let Some(chaos) = self.chaos.clone() else {
+            return;
+        };
+        let n = self.nodes.len();
+        if self.now >= chaos.until_us {
+            self.apply(Action::Heal);
+            self.apply(Action::Restart(RestartTarget::Crashed));
+            return;
+        }
+        let roll = self.rng.random_range(0..100u32);
+        let crashed = self.nodes.iter().filter(|s| s.node.is_none()).count();
+        let action = match roll {
+            0..=19 => Action::Crash(Target::Queen),
+            20..=34 if crashed < n / 3 => {
+                Action::Crash(Target::Nodes(vec![self.rng.random_range(0..n)]))
+            }
+            35..=49 => Action::Restart(RestartTarget::Crashed),
+            50..=64 => {
+                let cut = self.rng.random_range(1..n.max(2));
+                let mut order: Vec<usize> = (0..n).collect();
+                for i in (1..n).rev() {
+                    let j = self.rng.random_range(0..=i);
+                    order.swap(i, j);
+                }
+                Action::Partition(vec![order[..cut].to_vec(), order[cut..].to_vec()])
+            }
+            65..=72 => {
+                let a = self.rng.random_range(0..n);
+                let b = self.rng.random_range(0..n);
+                Action::OneWay {
+                    from: vec![a],
+                    to: vec![b],
+                }
+            }
+            73..=79 => Action::Loss(self.rng.random_range(0.0..0.3)),
+            80..=87 if chaos.max_skew_us > 0 => {
+                let max = i64::try_from(chaos.max_skew_us).unwrap_or(i64::MAX);
+                Action::Skew {
+                    node: self.rng.random_range(0..n),
+                    offset_us: self.rng.random_range(-max..=max),
+                }
+            }
+            _ => Action::Heal,
+        };
+        self.apply(action);
+        let mean = chaos.mean_interval_us.max(1) as f64;
+        let u: f64 = self.rng.random_range(f64::EPSILON..1.0);
+        let next = self.now + ((-u.ln()) * mean) as u64;
+        self.push(next.min(chaos.until_us), Kind::Chaos);
+    }
+
+    fn sample(&mut self) {
+        if self.membership_converged.is_none() {
+            let live: Vec<usize> = (0..self.nodes.len())
+                .filter(|i| self.nodes[*i].node.is_some())
+                .collect();
+            let all_booted = live.len() == self.nodes.len();
+            let full = live.iter().all(|i| {
+                self.nodes[*i]
+                    .node
+                    .as_ref()
+                    .is_some_and(|n| n.live_members() + 1 >= live.len())
+            });
+            if all_booted && full {
+                self.membership_converged = Some(self.now);
+                self.note(format!(
+                    "membership converged: all {} nodes know each other",
+                    live.len()
+                ));
+            }
+        }
+        let next = self.now + SAMPLE_US;
+        self.push(next, Kind::Sample);
+    }
+
+    fn finish(mut self) -> Report {
+        if std::env::var_os("AWARE_SIM_DEBUG").is_some() {
+            let known: Vec<usize> = self
+                .nodes
+                .iter()
+                .filter_map(|s| s.node.as_ref().map(|n| n.live_members()))
+                .collect();
+            eprintln!(
+                "known members per node: min {:?} max {:?}",
+                known.iter().min(),
+                known.iter().max()
+            );
+        }
+        // Convergence: long enough after the last disturbance, with a healed network, exactly one
+        // queen must reign and every running node must obey her.
+        let settled = self.net.healthy()
+            && self.now >= self.last_disturbance + SETTLE_US
+            && self.now >= SETTLE_US;
+        if settled {
+            let now = self.now;
+            let running: Vec<usize> = (0..self.nodes.len())
+                .filter(|i| self.nodes[*i].node.is_some())
+                .collect();
+            let views: BTreeSet<Option<(u64, NodeId)>> = running
+                .iter()
+                .filter_map(|i| {
+                    let sn = &self.nodes[*i];
+                    sn.node.as_ref().map(|n| n.queen(sn.local(now)))
+                })
+                .collect();
+            let queens = running
+                .iter()
+                .filter(|i| {
+                    self.nodes[**i]
+                        .node
+                        .as_ref()
+                        .is_some_and(|n| n.role() == Role::Queen)
+                })
+                .count();
+            let one_view = views.len() == 1 && views.iter().all(Option::is_some);
+            if !(queens == 1 && one_view) && !running.is_empty() {
+                let what = format!(
+                    "colony did not converge to one queen after healing: {queens} queens, {} distinct views among {} running nodes",
+                    views.len(),
+                    running.len()
+                );
+                self.checker.violate(now, what);
+            }
+        }
+        Report {
+            nodes: self.nodes.len(),
+            seed: self.opts.seed,
+            simulated_s: secs(self.now),
+            wall_s: 0.0,
+            peak_rss_mb: None,
+            events: self.processed,
+            trace_hash: format!("{:016x}", self.trace),
+            membership_converged_s: self.membership_converged.map(secs),
+            first_queen_s: self.queens.first().map(|q| q.crowned_s),
+            queens: self.queens,
+            failovers: self.failovers,
+            violations: self.checker.violations,
+            messages: crate::report::Messages {
+                count: self.messages,
+                bytes: self.bytes,
+            },
+            timeline: self.timeline,
+        }
+    }
+}
+
+fn secs(us: u64) -> f64 {
+    us as f64 / 1e6
+}
+
+/// A heterogeneous rack: small and large nodes, some with GPUs.
+fn random_caps(rng: &mut ChaCha8Rng) -> Capabilities {
+    let cores = [4u32, 8, 16, 32, 64][rng.random_range(0..5)];
+    Capabilities {
+        cpu_millis: cores * 1000,
+        memory_mib: u64::from(cores) * 4096,
+        disk_mib: rng.random_range(100..2000) * 1024,
+        gpus: if rng.random_bool(0.2) {
+            rng.random_range(1..=4)
+        } else {
+            0
+        },
+        ..Capabilities::default()
+    }
+}

@@ -1,0 +1,115 @@
+//! Sweeps: one scenario over a range of seeds, spread over worker threads (each run is still
+//! deterministic: it depends on its seed only), aggregated into percentiles.
+
+use crate::engine::{Options, Sim};
+use crate::report::{Percentiles, Report, SeedViolation, SweepReport};
+use crate::scenario::{Action, Scenario, Target};
+use std::sync::Mutex;
+
+/// Runs `seeds` and returns every report, in seed order.
+pub fn run_seeds(
+    scenario: &Scenario,
+    base: &Options,
+    seeds: std::ops::Range<u64>,
+    threads: usize,
+) -> Vec<Report> {
+    let next = Mutex::new(seeds.start);
+    let results = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..threads.max(1) {
+            s.spawn(|| {
+                loop {
+                    let seed = {
+                        let mut n = next.lock().unwrap_or_else(|e| e.into_inner());
+                        if *n >= seeds.end {
+                            break;
+                        }
+                        *n += 1;
+                        *n - 1
+                    };
+                    let report = Sim::new(
+                        scenario,
+                        Options {
+                            seed,
+                            timeline: false,
+                            ..base.clone()
+                        },
+                    )
+                    .run();
+                    results
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(report);
+                }
+            });
+        }
+    });
+    let mut all = results.into_inner().unwrap_or_else(|e| e.into_inner());
+    all.sort_by_key(|r| r.seed);
+    all
+}
+
+/// Aggregates a sweep. `replay` renders the command that replays one seed.
+pub fn summarize(
+    scenario: &Scenario,
+    reports: &[Report],
+    wall_s: f64,
+    replay: impl Fn(u64) -> String,
+) -> SweepReport {
+    let scripted_queen_crashes = scenario
+        .events
+        .iter()
+        .filter(|e| matches!(e.action, Action::Crash(Target::Queen)))
+        .count();
+    let mut violations = Vec::new();
+    for r in reports {
+        for v in &r.violations {
+            violations.push(SeedViolation {
+                seed: r.seed,
+                violation: v.clone(),
+                replay: replay(r.seed),
+            });
+        }
+    }
+    let firsts = reports.iter().filter_map(|r| r.first_queen_s).collect();
+    let failovers = reports
+        .iter()
+        .flat_map(|r| r.failovers.iter().filter_map(|f| f.duration_s()))
+        .collect();
+    let converged = reports
+        .iter()
+        .filter_map(|r| r.membership_converged_s)
+        .collect();
+    let extra = reports
+        .iter()
+        .map(|r| {
+            r.queens.len().saturating_sub(
+                1 + r.failovers.len().max(if scenario.chaos.is_some() {
+                    0
+                } else {
+                    scripted_queen_crashes.min(r.failovers.len())
+                }),
+            ) as f64
+        })
+        .collect();
+    SweepReport {
+        runs: reports.len(),
+        nodes: reports.first().map_or(0, |r| r.nodes),
+        wall_s,
+        violations,
+        no_queen: reports
+            .iter()
+            .filter(|r| r.first_queen_s.is_none())
+            .map(|r| r.seed)
+            .collect(),
+        failovers_unfinished: reports
+            .iter()
+            .flat_map(|r| &r.failovers)
+            .filter(|f| f.new_queen_s.is_none())
+            .count(),
+        first_queen_s: Percentiles::of(firsts),
+        failover_s: Percentiles::of(failovers),
+        membership_converged_s: Percentiles::of(converged),
+        extra_terms: Percentiles::of(extra),
+    }
+}
