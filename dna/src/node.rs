@@ -220,8 +220,8 @@ pub struct Node {
 
     /// Live members per SWIM, by stable id.
     live: BTreeMap<NodeId, SwimId>,
-    /// Where every node we ever heard of listens.
-    addrs: HashMap<NodeId, SocketAddr>,
+    /// Where every node we ever heard of listens (ordered: we pick from it at random).
+    addrs: BTreeMap<NodeId, SocketAddr>,
     down_since: BTreeMap<NodeId, Time>,
 
     term: u64,
@@ -367,7 +367,7 @@ impl Node {
             dirty: true,
             stats: Stats::default(),
             live: BTreeMap::new(),
-            addrs: HashMap::new(),
+            addrs: BTreeMap::new(),
             down_since: BTreeMap::new(),
             term: disk.term,
             voted_for: disk.voted_for,
@@ -678,6 +678,28 @@ impl Node {
         self.schedule(retry, Timer::Announce);
     }
 
+    /// Like Serf's reconnect: announce to one random node we know of but SWIM does not consider
+    /// alive (seeds included), so that two sides of a healed partition, which declared each
+    /// other down and forgot each other, merge again.
+    fn reconnect(&mut self, now: Time) {
+        let live: BTreeSet<SocketAddr> = self.live.values().map(|id| id.addr).collect();
+        let mut candidates: BTreeSet<SocketAddr> = self.addrs.values().copied().collect();
+        candidates.extend(self.cfg.seeds.iter().copied());
+        candidates.remove(&self.cfg.addr);
+        let candidates: Vec<SocketAddr> = candidates.difference(&live).copied().collect();
+        if candidates.is_empty() {
+            return;
+        }
+        let addr = candidates[self.rng.random_range(0..candidates.len())];
+        let dst = SwimId {
+            node: NodeId::UNKNOWN,
+            addr,
+            bump: 0,
+        };
+        let _ = self.with_swim(now, |swim, rt| swim.announce(dst, rt));
+        self.send(addr, &ColonyMsg::JoinRequest);
+    }
+
     fn on_join_request(&mut self, reply_to: SocketAddr) {
         let mut all: Vec<SwimId> = self.live.values().cloned().collect();
         all.push(self.swim.identity().clone());
@@ -737,13 +759,23 @@ impl Node {
         self.gland.tick(uptime, self.cfg.tick_ms);
         self.publish_scent(now, false);
         self.ticks += 1;
-        if self.ticks % self.cfg.anti_entropy_ticks.max(1) == 0 && !self.live.is_empty() {
+        if self
+            .ticks
+            .is_multiple_of(self.cfg.anti_entropy_ticks.max(1))
+            && !self.live.is_empty()
+        {
             // Anti-entropy: a full member list from one random peer repairs any update that
             // gossip lost, instead of waiting for foca's periodic announce.
             let pick = self.rng.random_range(0..self.live.len());
             if let Some(addr) = self.live.values().nth(pick).map(|id| id.addr) {
                 self.send(addr, &ColonyMsg::JoinRequest);
             }
+        }
+        if self
+            .ticks
+            .is_multiple_of(self.cfg.anti_entropy_ticks.max(1))
+        {
+            self.reconnect(now);
         }
         if self.role == Role::Queen {
             self.reconcile_roster(now);

@@ -727,7 +727,7 @@ impl Sim {
                 })
                 .count();
             let one_view = views.len() == 1 && views.iter().all(Option::is_some);
-            if !(queens == 1 && one_view) && !running.is_empty() {
+            if !(running.is_empty() || queens == 1 && one_view) {
                 let what = format!(
                     "colony did not converge to one queen after healing: {queens} queens, {} distinct views among {} running nodes",
                     views.len(),

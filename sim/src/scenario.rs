@@ -146,7 +146,7 @@ pub fn parse_duration_us(s: &str) -> Result<u64, String> {
         let digits: u128 = fraction.parse().map_err(|_| not_whole())?;
         let scale = 10u128.pow(fraction.len() as u32);
         let scaled = digits * u128::from(unit_us);
-        if scaled % scale != 0 {
+        if !scaled.is_multiple_of(scale) {
             return Err(not_whole());
         }
         let extra = u64::try_from(scaled / scale).map_err(|_| too_large())?;
@@ -157,9 +157,9 @@ pub fn parse_duration_us(s: &str) -> Result<u64, String> {
 
 /// Formats microseconds for messages: whole seconds as `90s`, else `ms` or `us`.
 fn format_duration(us: u64) -> String {
-    if us % MICROS_PER_SEC == 0 {
+    if us.is_multiple_of(MICROS_PER_SEC) {
         format!("{}s", us / MICROS_PER_SEC)
-    } else if us % MICROS_PER_MS == 0 {
+    } else if us.is_multiple_of(MICROS_PER_MS) {
         format!("{}ms", us / MICROS_PER_MS)
     } else {
         format!("{us}us")

@@ -7,6 +7,8 @@
 //!   rewrite the `.expected` files from the current output, then review the diff.
 //! - Every shipped file in `scenarios/` must parse and validate.
 
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
 use std::fs;
 use std::path::{Path, PathBuf};
 
