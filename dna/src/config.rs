@@ -53,6 +53,8 @@ pub struct Config {
     pub heirs: usize,
     /// Every this many ticks a node asks one random peer for its full member list.
     pub anti_entropy_ticks: u64,
+    /// foca's gossip period (it wakes every node this often, so it is a cost even when idle).
+    pub swim_gossip_ms: u64,
 }
 
 impl Config {
@@ -81,6 +83,7 @@ impl Config {
             announce_retry_ms: 500,
             heirs: 4,
             anti_entropy_ticks: 5,
+            swim_gossip_ms: 500,
         }
     }
 

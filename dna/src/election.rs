@@ -27,6 +27,9 @@ pub struct VoterView {
     pub lease: Option<(u64, Time)>,
     /// The voter is itself a reigning queen.
     pub reigning: bool,
+    /// The voter restarted less than a worker lease ago: before the crash it may have acked a
+    /// queen whose lease still runs, so it votes for nobody yet.
+    pub restart_fenced: bool,
     /// The voter lost its queen (or booted) recently enough to refuse clearly weaker candidates.
     pub veto_open: bool,
     /// The fittest up-to-date live member the voter knows of, other than the candidate.
@@ -67,6 +70,9 @@ pub fn judge(ballot: &Ballot, view: &VoterView) -> Verdict {
     }
     if view.reigning {
         return refuse(Reigning);
+    }
+    if view.restart_fenced {
+        return refuse(LeaseValid);
     }
     if let Some((lease_term, until)) = view.lease {
         let released_by_handover = ballot.handover && lease_term + 1 == ballot.term;
@@ -121,6 +127,7 @@ mod tests {
             version: Version { term: 4, seq: 2 },
             lease: Some((4, Time(9_000))),
             reigning: false,
+            restart_fenced: false,
             veto_open: true,
             fittest_other: Some(Pheromone(520_000)),
             weak_margin: 0.1,

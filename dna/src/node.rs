@@ -21,7 +21,7 @@ use foca::{Foca, Member, OwnedNotification, PostcardCodec, Runtime};
 use rand::rngs::ChaCha8Rng;
 use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::time::Duration;
@@ -94,9 +94,11 @@ pub enum Event {
         term: u64,
         pre: bool,
     },
+    /// `inherited` is the newest state version she held when the colony chose her.
     Crowned {
         term: u64,
         roster: usize,
+        inherited: Version,
     },
     /// The queen's own lease now runs until `until`.
     Reigns {
@@ -183,7 +185,7 @@ struct Reign {
     sent: VecDeque<(u64, Time, BTreeSet<NodeId>, bool)>,
     lease_until: Option<Time>,
     quorum: Quorum,
-    followers: HashMap<NodeId, Follower>,
+    followers: BTreeMap<NodeId, Follower>,
     version_acks: BTreeSet<NodeId>,
     /// The heartbeat payload, encoded once per round.
     heirs: Vec<Heir>,
@@ -204,6 +206,8 @@ pub struct Node {
     cfg: Config,
     incarnation: u32,
     boot: Time,
+    /// After a restart the node neither votes nor stands until this time (see election.rs).
+    fenced_until: Time,
     last_now: Time,
     rng: ChaCha8Rng,
     swim: Swim,
@@ -238,6 +242,8 @@ pub struct Node {
     heirs: Vec<Heir>,
     epoch: u64,
     ticks: u64,
+    /// Cache of [`Node::heartbeat_targets`]; `None` when stale.
+    targets: Option<std::sync::Arc<[SocketAddr]>>,
     candidacy: Option<Candidacy>,
     reign: Option<Reign>,
 }
@@ -337,9 +343,11 @@ impl Node {
         };
         let size = NonZeroU32::new(cfg.cluster_size_hint.max(2)).unwrap_or(NonZeroU32::MIN);
         let mut swim_cfg = foca::Config::new_lan(size);
-        swim_cfg.periodic_announce = Some(foca::PeriodicParams {
-            frequency: Duration::from_secs(10),
-            num_members: std::num::NonZeroUsize::MIN,
+        // Our own anti-entropy (full member lists with scents) replaces foca's periodic announce.
+        swim_cfg.periodic_announce = None;
+        swim_cfg.periodic_gossip = Some(foca::PeriodicParams {
+            frequency: ms(cfg.swim_gossip_ms),
+            num_members: std::num::NonZeroUsize::new(3).unwrap_or(std::num::NonZeroUsize::MIN),
         });
         let scents = ScentBook::default();
         let swim = Foca::with_custom_broadcast(
@@ -353,6 +361,11 @@ impl Node {
         let mut node = Node {
             incarnation,
             boot: now,
+            fenced_until: if rebooted {
+                now + ms(cfg.lease_ms)
+            } else {
+                now
+            },
             last_now: now,
             rng,
             swim,
@@ -382,6 +395,7 @@ impl Node {
             heirs: Vec::new(),
             epoch: 0,
             ticks: 0,
+            targets: None,
             candidacy: None,
             reign: None,
             cfg,
@@ -438,6 +452,11 @@ impl Node {
             (None, Some(l)) if l.until > now => Some((l.term, l.queen)),
             _ => None,
         }
+    }
+
+    /// The last queen this worker obeyed and when her lease runs (or ran) out, even if expired.
+    pub fn last_lease(&self) -> Option<(u64, NodeId, Time)> {
+        self.lease.map(|l| (l.term, l.queen, l.until))
     }
 
     /// Reports the node's load in `0..=1` (weakens its pheromone).
@@ -549,7 +568,16 @@ impl Node {
                 }
             }
             Body::Colony(msg) => {
-                self.addrs.insert(decoded.from, from);
+                // Only a colony-state transfer (a stream in the agent) may exceed a datagram.
+                let is_state = matches!(msg, ColonyMsg::State { .. });
+                if packet.len() > MAX_DATAGRAM_BYTES && !is_state {
+                    self.stats.packets_rejected += 1;
+                    return;
+                }
+                if self.addrs.get(&decoded.from) != Some(&from) {
+                    self.addrs.insert(decoded.from, from);
+                    self.targets = None;
+                }
                 self.on_colony(decoded.from, from, msg, now);
             }
         }
@@ -622,6 +650,9 @@ impl Node {
 
     fn process_notes(&mut self, now: Time) {
         let notes = std::mem::take(&mut self.notes);
+        if !notes.is_empty() {
+            self.targets = None;
+        }
         for note in notes {
             match note {
                 OwnedNotification::MemberUp(id) | OwnedNotification::Rename(_, id) => {
@@ -704,12 +735,18 @@ impl Node {
         let mut all: Vec<SwimId> = self.live.values().cloned().collect();
         all.push(self.swim.identity().clone());
         for chunk in all.chunks(MEMBERS_PER_PACKET) {
-            self.send(
-                reply_to,
-                &ColonyMsg::Members {
-                    members: chunk.to_vec(),
-                },
-            );
+            let scents = {
+                let book = self.scents.lock();
+                chunk
+                    .iter()
+                    .filter_map(|m| book.get(&m.node).copied())
+                    .collect()
+            };
+            let msg = ColonyMsg::Members {
+                members: chunk.to_vec(),
+                scents,
+            };
+            self.send(reply_to, &msg);
         }
     }
 
@@ -723,9 +760,12 @@ impl Node {
         };
         let stale = match &self.last_scent {
             None => true,
-            Some((last, at)) => {
-                let moved = last.pheromone.0.abs_diff(scent.pheromone.0) > Pheromone::MAX.0 / 50;
-                moved || last.version != scent.version || now.since(*at) > ms(30_000)
+            Some((last, _)) => {
+                // Republish on a real change only (10%): anti-entropy carries scents to latecomers,
+                // so there is no periodic refresh keeping foca's gossip busy.
+                let moved = u64::from(last.pheromone.0.abs_diff(scent.pheromone.0)) * 10
+                    > u64::from(last.pheromone.0);
+                moved || last.version != scent.version
             }
         };
         if !(force || stale) {
@@ -821,7 +861,6 @@ impl Node {
         term: u64,
         seq: u64,
         lease_ms: u32,
-        latest: Version,
         commit: Version,
         heirs: Vec<Heir>,
         now: Time,
@@ -883,7 +922,6 @@ impl Node {
             until,
         });
         self.note_commit(commit);
-        let _ = latest;
         self.send(
             reply_to,
             &ColonyMsg::HeartbeatAck {
@@ -982,7 +1020,11 @@ impl Node {
     }
 
     fn may_stand(&self, now: Time) -> bool {
-        if self.cfg.queen_affinity <= 0.0 || self.role != Role::Worker || self.lease_valid(now) {
+        if self.cfg.queen_affinity <= 0.0
+            || self.role != Role::Worker
+            || self.lease_valid(now)
+            || now < self.fenced_until
+        {
             return false;
         }
         if self.state.roster.is_empty() && self.committed_roster.is_empty() {
@@ -1196,6 +1238,7 @@ impl Node {
             version: self.state.version,
             lease: self.lease.map(|l| (l.term, l.until)),
             reigning: self.role == Role::Queen,
+            restart_fenced: now < self.fenced_until,
             veto_open,
             fittest_other: if veto_open {
                 self.fittest_other(ballot.candidate, ballot.version)
@@ -1246,9 +1289,11 @@ impl Node {
     fn crown(&mut self, now: Time) {
         debug_assert_eq!(self.voted_for, Some(self.cfg.node));
         self.role = Role::Queen;
+        self.targets = None;
         self.lease = None;
         self.queenless_since = None;
         self.epoch += 1;
+        let inherited = self.state.version;
         let mut next = self.state.clone();
         next.version = Version {
             term: self.term,
@@ -1276,7 +1321,7 @@ impl Node {
             sent: VecDeque::new(),
             lease_until: None,
             quorum,
-            followers: HashMap::new(),
+            followers: BTreeMap::new(),
             version_acks: [self.cfg.node].into_iter().collect(),
             heirs: Vec::new(),
             fitter_since: None,
@@ -1284,6 +1329,7 @@ impl Node {
         self.emit(Event::Crowned {
             term: self.term,
             roster: self.state.roster.len(),
+            inherited,
         });
         self.publish_scent(now, true);
         self.on_heartbeat_timer(self.term, now);
@@ -1295,11 +1341,17 @@ impl Node {
             version: next.version,
             digest,
         });
+        self.targets = None;
         self.state = next;
         self.persist();
     }
 
-    fn heartbeat_targets(&self) -> Vec<NodeId> {
+    /// Every roster member and every live member, by address; cached until membership or the
+    /// roster changes (the queen sends to all of them several times a second).
+    fn heartbeat_targets(&mut self) -> std::sync::Arc<[SocketAddr]> {
+        if let Some(t) = &self.targets {
+            return t.clone();
+        }
         let me = self.cfg.node;
         let mut ids: BTreeSet<NodeId> = self
             .state
@@ -1310,7 +1362,10 @@ impl Node {
             .collect();
         ids.extend(self.live.keys().copied());
         ids.remove(&me);
-        ids.into_iter().collect()
+        let targets: std::sync::Arc<[SocketAddr]> =
+            ids.into_iter().filter_map(|n| self.addr_of(n)).collect();
+        self.targets = Some(targets.clone());
+        targets
     }
 
     fn on_heartbeat_timer(&mut self, term: u64, now: Time) {
@@ -1352,10 +1407,8 @@ impl Node {
             return;
         };
         let bytes = Bytes::from(bytes);
-        for node in self.heartbeat_targets() {
-            if let Some(addr) = self.addr_of(node) {
-                self.send_bytes(addr, bytes.clone());
-            }
+        for addr in self.heartbeat_targets().iter() {
+            self.send_bytes(*addr, bytes.clone());
         }
     }
 
@@ -1404,7 +1457,7 @@ impl Node {
         let mut extended = None;
         if counts {
             if let Some(entry) = reign.sent.iter_mut().find(|e| e.0 == seq) {
-                if !entry.3 && entry.2.insert(from) && reign.quorum.is_met(&entry.2) {
+                if !entry.3 && entry.2.insert(from) && reign.quorum.is_met_fast(&entry.2) {
                     entry.3 = true;
                     let until = entry.1 + queen_lease;
                     if reign.lease_until.is_none_or(|u| u < until) {
@@ -1416,7 +1469,7 @@ impl Node {
         }
         let mut committed = false;
         if accepted >= latest && latest > self.commit && counts && reign.version_acks.insert(from) {
-            committed = reign.quorum.is_met(&reign.version_acks);
+            committed = reign.quorum.is_met_fast(&reign.version_acks);
         }
         let resend = accepted < latest
             && follower_needs_state(reign, from, latest, now, ms(self.cfg.heartbeat_ms * 2));
@@ -1440,6 +1493,7 @@ impl Node {
     }
 
     fn commit_latest(&mut self) {
+        self.targets = None;
         self.commit = self.state.version;
         self.committed_roster = self.state.roster.clone();
         self.persist();
@@ -1470,7 +1524,6 @@ impl Node {
             .iter()
             .filter(|(n, f)| self.live.contains_key(n) && now.since(f.last_ack) < fresh)
             .map(|(n, _)| *n);
-        let before = roster.len();
         let mut changed = false;
         for n in joiners {
             changed |= roster.insert(n);
@@ -1485,7 +1538,6 @@ impl Node {
             return;
         }
         debug_assert!(roster.contains(&self.cfg.node));
-        let _ = before;
         let mut next = self.state.clone();
         next.version.seq += 1;
         next.roster = roster.into_iter().collect();
@@ -1611,12 +1663,12 @@ impl Node {
                 term,
                 seq,
                 lease_ms,
-                latest,
                 commit,
                 heirs,
+                .. // `latest`: a lagging worker shows in its ack and gets the state then
             } => {
                 self.on_heartbeat(
-                    from, reply_to, term, seq, lease_ms, latest, commit, heirs, now,
+                    from, reply_to, term, seq, lease_ms, commit, heirs, now,
                 );
             }
             ColonyMsg::HeartbeatAck {
@@ -1642,9 +1694,22 @@ impl Node {
                 }
             }
             ColonyMsg::JoinRequest => self.on_join_request(reply_to),
-            ColonyMsg::Members { members } => {
-                if members.len() <= MEMBERS_PER_PACKET {
-                    self.add_known_members(&members, now);
+            ColonyMsg::Members { members, scents } => {
+                if members.len() <= MEMBERS_PER_PACKET && scents.len() <= MEMBERS_PER_PACKET {
+                    // Only what we do not already know as alive goes to foca (its member
+                    // list is searched linearly).
+                    let new: Vec<SwimId> = members
+                        .into_iter()
+                        .filter(|m| self.live.get(&m.node) != Some(m))
+                        .collect();
+                    if !new.is_empty() {
+                        self.add_known_members(&new, now);
+                    }
+                    for scent in scents {
+                        if scent.node != self.cfg.node {
+                            self.scents.merge(scent);
+                        }
+                    }
                 }
             }
         }

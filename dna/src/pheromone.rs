@@ -44,7 +44,7 @@ impl Gland {
             load: 0.0,
             level: 0.0,
         };
-        gland.level = gland.target(0) * 0.5;
+        gland.level = gland.target(0);
         gland
     }
 

@@ -7,13 +7,14 @@
 //!   after a higher one;
 //! - committed colony-state versions never go backwards on any node, and one version never has
 //!   two contents;
-//! - a newly crowned queen holds every version committed before her crowning.
+//! - a queen holds every version committed in an earlier term (whenever, in virtual time, the
+//!   commit and the crowning are observed).
 //!
 //! Convergence after healing ("exactly one queen, obeyed by all") is checked by the engine at the
 //! end of a run, because it needs the whole colony's state.
 
 use dna::Event;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use swarm_core::NodeId;
 use swarm_core::wire::Version;
 
@@ -37,6 +38,11 @@ pub struct Checker {
     workers: HashMap<usize, WorkerView>,
     digests: HashMap<Version, u64>,
     max_committed: Version,
+    /// (term, version inherited) of every queen crowned so far.
+    crowned: Vec<(u64, Version)>,
+    /// Every version committed so far (to check queens crowned earlier in virtual time but of
+    /// a later term: an ack may reach the old queen after the new one is crowned).
+    committed: BTreeSet<Version>,
 }
 
 fn secs(us: u64) -> f64 {
@@ -56,8 +62,7 @@ impl Checker {
         self.max_committed
     }
 
-    /// `to_global` converts the node's clock to global µs; `version` is the node's newest state
-    /// version after the event.
+    /// `to_global` converts the node's clock to global µs.
     pub fn on_event(
         &mut self,
         now_us: u64,
@@ -65,10 +70,11 @@ impl Checker {
         node: NodeId,
         event: &Event,
         to_global: impl Fn(swarm_core::Time) -> u64,
-        version: Version,
     ) {
         match *event {
-            Event::Crowned { term, .. } => {
+            Event::Crowned {
+                term, inherited, ..
+            } => {
                 if let Some(other) = self.queen_of_term.insert(term, node) {
                     if other != node {
                         self.violate(
@@ -77,10 +83,17 @@ impl Checker {
                         );
                     }
                 }
-                if version < self.max_committed {
-                    let max = self.max_committed;
-                    self.violate(now_us, format!("queen {node:?} of term {term} holds {version}, older than committed {max}"));
+                // Every version committed in an earlier term must be in what she inherited.
+                let lost: Vec<Version> = self
+                    .committed
+                    .iter()
+                    .filter(|v| v.term < term && **v > inherited)
+                    .copied()
+                    .collect();
+                for v in lost {
+                    self.violate(now_us, format!("queen {node:?} of term {term} inherited {inherited}, missing committed {v}"));
                 }
+                self.crowned.push((term, inherited));
             }
             Event::Reigns { term, until } => {
                 let until = to_global(until);
@@ -149,6 +162,17 @@ impl Checker {
                     _ => {}
                 }
                 self.max_committed = self.max_committed.max(version);
+                if self.committed.insert(version) {
+                    let lost: Vec<(u64, Version)> = self
+                        .crowned
+                        .iter()
+                        .filter(|(t, inh)| *t > version.term && *inh < version)
+                        .copied()
+                        .collect();
+                    for (t, inh) in lost {
+                        self.violate(now_us, format!("version {version} committed, but the queen of term {t} was crowned holding only {inh}"));
+                    }
+                }
             }
             Event::MemberUp(_)
             | Event::MemberDown(_)

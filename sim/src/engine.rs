@@ -57,21 +57,10 @@ fn index_of(addr: SocketAddr, nodes: usize) -> Option<usize> {
 }
 
 enum Kind {
-    Boot {
-        node: usize,
-    },
-    Deliver {
-        to: usize,
-        from: SocketAddr,
-        payload: Bytes,
-    },
-    Wake {
-        node: usize,
-        incarnation: u32,
-    },
-    Scenario {
-        index: usize,
-    },
+    Boot { node: usize },
+    Deliver { to: u32, from: u32, payload: Bytes },
+    Wake { node: u32, incarnation: u32 },
+    Scenario { index: usize },
     Chaos,
     Sample,
 }
@@ -101,7 +90,8 @@ impl Ord for Ev {
 struct SimNode {
     id: NodeId,
     cfg: Config,
-    node: Option<Node>,
+    /// Boxed: the engine moves it in and out on every event.
+    node: Option<Box<Node>>,
     disk: Option<Persisted>,
     offset_us: i64,
     wake_at: Option<u64>,
@@ -169,6 +159,8 @@ pub struct Sim {
     failovers: Vec<Failover>,
     timeline: Vec<String>,
     roster_seen: usize,
+    debug: bool,
+    kinds: std::collections::BTreeMap<usize, (u64, u64)>,
 }
 
 fn mix(h: u64, x: u64) -> u64 {
@@ -235,6 +227,8 @@ impl Sim {
             failovers: Vec::new(),
             timeline: Vec::new(),
             roster_seen: 0,
+            debug: std::env::var_os("AWARE_SIM_DEBUG").is_some(),
+            kinds: Default::default(),
             opts,
         };
         for i in 0..n {
@@ -296,6 +290,7 @@ impl Sim {
         match kind {
             Kind::Boot { node } => self.boot(node),
             Kind::Deliver { to, from, payload } => {
+                let (to, from) = (to as usize, addr_of(from as usize));
                 let tag = payload.len().checked_sub(8).map_or(0, |s| {
                     let mut b = [0u8; 8];
                     b.copy_from_slice(&payload[s..]);
@@ -311,6 +306,7 @@ impl Sim {
                 }
             }
             Kind::Wake { node, incarnation } => {
+                let node = node as usize;
                 let now = self.now;
                 let sn = &mut self.nodes[node];
                 let local = sn.local(now);
@@ -353,7 +349,7 @@ impl Sim {
                     node.add_known_members(&all, local);
                 }
                 let sn = &mut self.nodes[i];
-                sn.node = Some(node);
+                sn.node = Some(Box::new(node));
                 sn.crashed_at = None;
                 sn.wake_at = None;
                 if restart {
@@ -394,7 +390,7 @@ impl Sim {
                 self.push(
                     at,
                     Kind::Wake {
-                        node: i,
+                        node: i as u32,
                         incarnation,
                     },
                 );
@@ -411,10 +407,9 @@ impl Sim {
             t.0.saturating_add_signed(-offset)
                 .saturating_sub(CLOCK_BASE_US)
         };
-        self.checker
-            .on_event(self.now, i, sn.id, &event, to_global, node.state().version);
+        self.checker.on_event(self.now, i, sn.id, &event, to_global);
         match event {
-            Event::Crowned { term, roster } => {
+            Event::Crowned { term, roster, .. } => {
                 self.queens.push(QueenRecord {
                     term,
                     node: i,
@@ -438,7 +433,7 @@ impl Sim {
                 self.depose(i, term);
                 self.note(format!("node {i} abdicates term {term}: {reason:?}"));
             }
-            Event::QueenLost { term, queen } => {
+            Event::QueenLost { term, .. } => {
                 let now = secs(self.now);
                 for f in self
                     .failovers
@@ -447,7 +442,6 @@ impl Sim {
                 {
                     f.detected_s = Some(now);
                 }
-                let _ = queen;
             }
             Event::Committed { version, .. } if node.role() == Role::Queen => {
                 self.note(format!(
@@ -473,6 +467,16 @@ impl Sim {
 
     fn transmit(&mut self, from: usize, to: SocketAddr, payload: Bytes) {
         self.messages += 1;
+        if self.debug {
+            let kind = if payload.get(2) == Some(&1) {
+                100
+            } else {
+                payload.get(11).copied().unwrap_or(255) as usize
+            };
+            let e = self.kinds.entry(kind).or_insert((0, 0));
+            e.0 += 1;
+            e.1 += payload.len() as u64;
+        }
         self.bytes += payload.len() as u64;
         let Some(to) = index_of(to, self.nodes.len()) else {
             return;
@@ -480,7 +484,6 @@ impl Sim {
         if self.net.cut(from, to) || self.rng.random_bool(self.net.loss.clamp(0.0, 1.0)) {
             return;
         }
-        let from_addr = addr_of(from);
         let copies = if self.rng.random_bool(self.net.duplicate.clamp(0.0, 1.0)) {
             2
         } else {
@@ -495,8 +498,8 @@ impl Sim {
             self.push(
                 self.now + delay,
                 Kind::Deliver {
-                    to,
-                    from: from_addr,
+                    to: to as u32,
+                    from: from as u32,
                     payload: payload.clone(),
                 },
             );
@@ -699,6 +702,10 @@ impl Sim {
                 known.iter().min(),
                 known.iter().max()
             );
+            eprintln!(
+                "messages by kind (100 = swim, else ColonyMsg variant): {:?}",
+                self.kinds
+            );
         }
         // Convergence: long enough after the last disturbance, with a healed network, exactly one
         // queen must reign and every running node must obey her.
@@ -706,31 +713,60 @@ impl Sim {
             && self.now >= self.last_disturbance + SETTLE_US
             && self.now >= SETTLE_US;
         if settled {
+            // Exactly one queen reigns, and every other running node follows her and heard from
+            // her within the last two seconds (a worker may be between two lost heartbeats).
             let now = self.now;
             let running: Vec<usize> = (0..self.nodes.len())
                 .filter(|i| self.nodes[*i].node.is_some())
                 .collect();
-            let views: BTreeSet<Option<(u64, NodeId)>> = running
+            let queens: Vec<(u64, NodeId)> = running
                 .iter()
                 .filter_map(|i| {
                     let sn = &self.nodes[*i];
-                    sn.node.as_ref().map(|n| n.queen(sn.local(now)))
+                    sn.node
+                        .as_ref()
+                        .filter(|n| n.role() == Role::Queen)
+                        .map(|n| (n.term(), n.id()))
                 })
                 .collect();
-            let queens = running
-                .iter()
-                .filter(|i| {
-                    self.nodes[**i]
-                        .node
-                        .as_ref()
-                        .is_some_and(|n| n.role() == Role::Queen)
-                })
-                .count();
-            let one_view = views.len() == 1 && views.iter().all(Option::is_some);
-            if !(running.is_empty() || queens == 1 && one_view) {
+            let strays: Vec<usize> = match queens.as_slice() {
+                [(term, queen)] => running
+                    .iter()
+                    .copied()
+                    .filter(|i| {
+                        let sn = &self.nodes[*i];
+                        let Some(n) = sn.node.as_ref() else {
+                            return false;
+                        };
+                        if n.id() == *queen {
+                            return n.queen(sn.local(now)).is_none();
+                        }
+                        let recent = sn.local(now.saturating_sub(2_000_000));
+                        !n.last_lease().is_some_and(|(t, q, until)| {
+                            t == *term && q == *queen && until >= recent
+                        })
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            };
+            if !running.is_empty() && (queens.len() != 1 || !strays.is_empty()) {
+                if self.debug {
+                    for i in &strays {
+                        let sn = &self.nodes[*i];
+                        if let Some(n) = sn.node.as_ref() {
+                            eprintln!(
+                                "stray node {i}: role {:?} term {} last lease {:?}",
+                                n.role(),
+                                n.term(),
+                                n.last_lease()
+                            );
+                        }
+                    }
+                }
                 let what = format!(
-                    "colony did not converge to one queen after healing: {queens} queens, {} distinct views among {} running nodes",
-                    views.len(),
+                    "colony did not converge to one queen after healing: {} queens, {} of {} running nodes not following her",
+                    queens.len(),
+                    strays.len(),
                     running.len()
                 );
                 self.checker.violate(now, what);

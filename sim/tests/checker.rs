@@ -3,190 +3,238 @@
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 use aware_sim::checker::Checker;
-use dna::Event;
+use dna::{AbdicateReason, Event};
 use swarm_core::wire::Version;
 use swarm_core::{NodeId, Time};
 
-fn ident(t: Time) -> u64 {
-    t.0
+/// Feeds one event; node clocks equal global time here.
+fn feed(c: &mut Checker, at_us: u64, index: usize, event: Event) -> usize {
+    c.on_event(at_us, index, NodeId(index as u64 + 1), &event, |t: Time| {
+        t.0
+    });
+    c.violations.len()
+}
+
+fn v(term: u64, seq: u64) -> Version {
+    Version { term, seq }
+}
+
+fn crowned(term: u64, inherited: Version) -> Event {
+    Event::Crowned {
+        term,
+        roster: 5,
+        inherited,
+    }
 }
 
 #[test]
 fn two_queens_in_one_term_is_a_violation() {
     let mut c = Checker::default();
-    c.on_event(
-        10,
-        0,
-        NodeId(1),
-        &Event::Crowned { term: 3, roster: 5 },
-        ident,
-        Version::default(),
-    );
-    assert!(c.violations.is_empty());
-    c.on_event(
-        20,
+    assert_eq!(feed(&mut c, 10, 0, crowned(3, v(0, 0))), 0);
+    assert_eq!(
+        feed(&mut c, 20, 1, crowned(3, v(0, 0))),
         1,
-        NodeId(2),
-        &Event::Crowned { term: 3, roster: 5 },
-        ident,
-        Version::default(),
+        "{:?}",
+        c.violations
     );
-    assert_eq!(c.violations.len(), 1, "{:?}", c.violations);
 }
 
 #[test]
 fn overlapping_queen_leases_are_a_violation() {
     let mut c = Checker::default();
-    c.on_event(
+    feed(
+        &mut c,
         10,
         0,
-        NodeId(1),
-        &Event::Reigns {
+        Event::Reigns {
             term: 3,
             until: Time(500),
         },
-        ident,
-        Version::default(),
     );
-    c.on_event(
-        400,
+    assert_eq!(
+        feed(
+            &mut c,
+            400,
+            1,
+            Event::Reigns {
+                term: 4,
+                until: Time(900)
+            }
+        ),
         1,
-        NodeId(2),
-        &Event::Reigns {
-            term: 4,
-            until: Time(900),
-        },
-        ident,
-        Version::default(),
+        "{:?}",
+        c.violations
     );
-    assert_eq!(c.violations.len(), 1, "{:?}", c.violations);
     // After abdication, no overlap.
     let mut c = Checker::default();
-    c.on_event(
+    feed(
+        &mut c,
         10,
         0,
-        NodeId(1),
-        &Event::Reigns {
+        Event::Reigns {
             term: 3,
             until: Time(500),
         },
-        ident,
-        Version::default(),
     );
-    c.on_event(
+    feed(
+        &mut c,
         300,
         0,
-        NodeId(1),
-        &Event::Abdicated {
+        Event::Abdicated {
             term: 3,
-            reason: dna::AbdicateReason::Handover,
+            reason: AbdicateReason::Handover,
         },
-        ident,
-        Version::default(),
     );
-    c.on_event(
-        400,
-        1,
-        NodeId(2),
-        &Event::Reigns {
-            term: 4,
-            until: Time(900),
-        },
-        ident,
-        Version::default(),
+    assert_eq!(
+        feed(
+            &mut c,
+            400,
+            1,
+            Event::Reigns {
+                term: 4,
+                until: Time(900)
+            }
+        ),
+        0,
+        "{:?}",
+        c.violations
     );
-    assert!(c.violations.is_empty(), "{:?}", c.violations);
 }
 
 #[test]
 fn obeying_a_lower_term_or_two_live_leases_is_a_violation() {
     let mut c = Checker::default();
-    c.on_event(
+    feed(
+        &mut c,
         10,
         5,
-        NodeId(9),
-        &Event::Obeyed {
+        Event::Obeyed {
             term: 4,
             queen: NodeId(1),
             until: Time(1000),
         },
-        ident,
-        Version::default(),
     );
-    c.on_event(
+    let two_leases = feed(
+        &mut c,
         20,
         5,
-        NodeId(9),
-        &Event::Obeyed {
+        Event::Obeyed {
             term: 5,
             queen: NodeId(2),
             until: Time(1020),
         },
-        ident,
-        Version::default(),
     );
-    assert_eq!(c.violations.len(), 1, "two live leases: {:?}", c.violations);
-    c.on_event(
+    assert_eq!(two_leases, 1, "{:?}", c.violations);
+    let lower = feed(
+        &mut c,
         2000,
         5,
-        NodeId(9),
-        &Event::Obeyed {
+        Event::Obeyed {
             term: 3,
             queen: NodeId(3),
             until: Time(3000),
         },
-        ident,
-        Version::default(),
     );
-    assert_eq!(c.violations.len(), 2, "lower term: {:?}", c.violations);
+    assert_eq!(lower, 2, "{:?}", c.violations);
+    // A released lease (QueenLost) makes way for the next queen.
+    let mut c = Checker::default();
+    feed(
+        &mut c,
+        10,
+        5,
+        Event::Obeyed {
+            term: 4,
+            queen: NodeId(1),
+            until: Time(1000),
+        },
+    );
+    feed(
+        &mut c,
+        15,
+        5,
+        Event::QueenLost {
+            term: 4,
+            queen: NodeId(1),
+        },
+    );
+    assert_eq!(
+        feed(
+            &mut c,
+            20,
+            5,
+            Event::Obeyed {
+                term: 5,
+                queen: NodeId(2),
+                until: Time(1020)
+            }
+        ),
+        0
+    );
 }
 
 #[test]
 fn commits_going_backwards_or_diverging_or_lost_are_violations() {
-    let v = |term, seq| Version { term, seq };
     let mut c = Checker::default();
-    c.on_event(
+    feed(
+        &mut c,
         10,
         0,
-        NodeId(1),
-        &Event::Committed {
+        Event::Committed {
             version: v(2, 1),
             digest: 7,
         },
-        ident,
-        v(2, 1),
     );
-    c.on_event(
-        20,
-        0,
-        NodeId(1),
-        &Event::Committed {
-            version: v(2, 0),
-            digest: 6,
-        },
-        ident,
-        v(2, 1),
-    );
-    assert_eq!(c.violations.len(), 1, "backwards: {:?}", c.violations);
-    c.on_event(
-        30,
+    assert_eq!(
+        feed(
+            &mut c,
+            20,
+            0,
+            Event::Committed {
+                version: v(2, 0),
+                digest: 6
+            }
+        ),
         1,
-        NodeId(2),
-        &Event::Committed {
-            version: v(2, 1),
-            digest: 8,
-        },
-        ident,
-        v(2, 1),
+        "backwards"
     );
-    assert_eq!(c.violations.len(), 2, "diverging: {:?}", c.violations);
-    c.on_event(
-        40,
-        3,
-        NodeId(4),
-        &Event::Crowned { term: 3, roster: 3 },
-        ident,
-        v(1, 9),
+    assert_eq!(
+        feed(
+            &mut c,
+            30,
+            1,
+            Event::Committed {
+                version: v(2, 1),
+                digest: 8
+            }
+        ),
+        2,
+        "diverging"
     );
-    assert_eq!(c.violations.len(), 3, "lost commit: {:?}", c.violations);
+    assert_eq!(
+        feed(&mut c, 40, 3, crowned(3, v(1, 9))),
+        4,
+        "lost commits 2.0 and 2.1: {:?}",
+        c.violations
+    );
+    // A commit observed after a later term's crowning is checked too.
+    assert_eq!(
+        feed(
+            &mut c,
+            50,
+            4,
+            Event::Committed {
+                version: v(2, 5),
+                digest: 1
+            }
+        ),
+        5,
+        "late-observed lost commit"
+    );
+    // Inheriting everything committed is fine.
+    assert_eq!(
+        feed(&mut c, 60, 5, crowned(4, v(3, 0))),
+        5,
+        "{:?}",
+        c.violations
+    );
 }

@@ -108,6 +108,18 @@ impl ScentBook {
     pub fn get(&self, node: NodeId) -> Option<Scent> {
         self.lock().get(&node).copied()
     }
+
+    /// Keeps `scent` if it is newer than what the book holds (anti-entropy; not re-gossiped).
+    pub fn merge(&self, scent: Scent) -> bool {
+        let mut book = self.lock();
+        match book.get(&scent.node) {
+            Some(known) if known.seq >= scent.seq => false,
+            _ => {
+                book.insert(scent.node, scent);
+                true
+            }
+        }
+    }
 }
 
 impl BroadcastHandler<SwimId> for ScentBook {

@@ -7,7 +7,7 @@
 
 use crate::NodeId;
 use crate::seal::{ColonyKey, TAG_BYTES};
-use crate::swim::SwimId;
+use crate::swim::{Scent, SwimId};
 use serde::{Deserialize, Serialize};
 
 pub const MAGIC: u8 = 0xA7;
@@ -158,9 +158,11 @@ pub enum ColonyMsg {
     },
     /// A joining node asks a seed for the whole member list at once (join-time state exchange).
     JoinRequest,
-    /// A chunk of the sender's live members, in answer to a [`ColonyMsg::JoinRequest`].
+    /// A chunk of the sender's live members and the scents it holds for them, in answer to a
+    /// [`ColonyMsg::JoinRequest`] (join-time exchange and periodic anti-entropy).
     Members {
         members: Vec<SwimId>,
+        scents: Vec<Scent>,
     },
 }
 
