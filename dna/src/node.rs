@@ -241,6 +241,10 @@ pub struct Node {
     lost_queen: Option<NodeId>,
     heirs: Vec<Heir>,
     epoch: u64,
+    /// Consecutive failed pre-vote/vote rounds (reset by a heartbeat or a crown).
+    failed_rounds: u32,
+    /// The next stand timer must compute our rank first (we were not eligible until now).
+    rank_first: bool,
     ticks: u64,
     /// Cache of [`Node::heartbeat_targets`]; `None` when stale.
     targets: Option<std::sync::Arc<[SocketAddr]>>,
@@ -394,6 +398,8 @@ impl Node {
             lost_queen: None,
             heirs: Vec::new(),
             epoch: 0,
+            failed_rounds: 0,
+            rank_first: true,
             ticks: 0,
             targets: None,
             candidacy: None,
@@ -403,7 +409,8 @@ impl Node {
         node.publish_scent(now, true);
         node.schedule(now, Timer::Tick);
         node.schedule(now, Timer::Announce);
-        node.schedule_stand(now);
+        let first_look = now + ms(node.cfg.stand_base_ms);
+        node.schedule(first_look, Timer::Stand { epoch: 0 });
         Ok(node)
     }
 
@@ -535,7 +542,7 @@ impl Node {
                 Timer::Tick => self.on_tick(now),
                 Timer::Heartbeat { term } => self.on_heartbeat_timer(term, now),
                 Timer::LeaseCheck => self.on_lease_check(now),
-                Timer::Stand { epoch } if epoch == self.epoch => self.stand(now, Mode::PreVote),
+                Timer::Stand { epoch } if epoch == self.epoch => self.on_stand_timer(now),
                 Timer::RoundTimeout { epoch } if epoch == self.epoch => self.round_failed(now),
                 Timer::Stand { .. } | Timer::RoundTimeout { .. } => {}
                 Timer::Announce => self.on_announce_timer(now),
@@ -703,7 +710,7 @@ impl Node {
                 bump: 0,
             };
             let _ = self.with_swim(now, |swim, rt| swim.announce(dst, rt));
-            self.send(seed, &ColonyMsg::JoinRequest);
+            self.send(seed, &ColonyMsg::JoinRequest { digest: 0 });
         }
         let retry = now + ms(self.cfg.announce_retry_ms);
         self.schedule(retry, Timer::Announce);
@@ -728,10 +735,35 @@ impl Node {
             bump: 0,
         };
         let _ = self.with_swim(now, |swim, rt| swim.announce(dst, rt));
-        self.send(addr, &ColonyMsg::JoinRequest);
+        self.send(addr, &ColonyMsg::JoinRequest { digest: 0 });
     }
 
-    fn on_join_request(&mut self, reply_to: SocketAddr) {
+    /// An order-independent summary of this node's view: live members (and itself) with their
+    /// SWIM bumps, and the scent sequence numbers it holds for them. Equal digests ⇒ nothing
+    /// to exchange. Never 0 (0 asks for everything).
+    fn view_digest(&self) -> u64 {
+        fn mix(mut z: u64) -> u64 {
+            // splitmix64 finalizer
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+        let book = self.scents.lock();
+        let me = self.swim.identity();
+        let mut digest = 0u64;
+        for id in self.live.values().chain(std::iter::once(me)) {
+            digest ^= mix(id.node.0 ^ mix(u64::from(id.bump)));
+            if let Some(scent) = book.get(&id.node) {
+                digest ^= mix(id.node.0.rotate_left(17) ^ mix(u64::from(scent.seq) | 1 << 40));
+            }
+        }
+        digest.max(1)
+    }
+
+    fn on_join_request(&mut self, reply_to: SocketAddr, digest: u64) {
+        if digest != 0 && digest == self.view_digest() {
+            return;
+        }
         let mut all: Vec<SwimId> = self.live.values().cloned().collect();
         all.push(self.swim.identity().clone());
         for chunk in all.chunks(MEMBERS_PER_PACKET) {
@@ -757,6 +789,7 @@ impl Node {
             pheromone: self.gland.level(),
             version: self.state.version,
             term: self.term,
+            queen: self.role == Role::Queen,
         };
         let stale = match &self.last_scent {
             None => true,
@@ -765,7 +798,7 @@ impl Node {
                 // so there is no periodic refresh keeping foca's gossip busy.
                 let moved = u64::from(last.pheromone.0.abs_diff(scent.pheromone.0)) * 10
                     > u64::from(last.pheromone.0);
-                moved || last.version != scent.version
+                moved || last.version != scent.version || last.queen != scent.queen
             }
         };
         if !(force || stale) {
@@ -808,7 +841,8 @@ impl Node {
             // gossip lost, instead of waiting for foca's periodic announce.
             let pick = self.rng.random_range(0..self.live.len());
             if let Some(addr) = self.live.values().nth(pick).map(|id| id.addr) {
-                self.send(addr, &ColonyMsg::JoinRequest);
+                let digest = self.view_digest();
+                self.send(addr, &ColonyMsg::JoinRequest { digest });
             }
         }
         if self
@@ -910,6 +944,7 @@ impl Node {
         });
         self.last_hb_seq = seq;
         self.heirs = heirs;
+        self.failed_rounds = 0;
         if was_queenless {
             self.queenless_since = None;
             self.lost_queen = None;
@@ -1027,11 +1062,27 @@ impl Node {
         {
             return false;
         }
+        if self.lease.is_none() && self.reigning_queen_scent().is_some() {
+            // Never had a queen since boot, but one reigns: she just has not reached us yet.
+            return false;
+        }
         if self.state.roster.is_empty() && self.committed_roster.is_empty() {
             self.live.len() + 1 >= majority(self.cfg.bootstrap_expect)
         } else {
             self.in_roster(self.cfg.node)
         }
+    }
+
+    /// A live member whose scent says she reigns in our term or a later one.
+    fn reigning_queen_scent(&self) -> Option<SwimId> {
+        let book = self.scents.lock();
+        self.live
+            .values()
+            .find(|id| {
+                book.get(&id.node)
+                    .is_some_and(|s| s.queen && s.term >= self.term)
+            })
+            .cloned()
     }
 
     /// Our position in the succession: 0 = the fittest up-to-date live member.
@@ -1052,6 +1103,18 @@ impl Node {
             .filter_map(|n| book.get(n))
             .filter(|s| s.pheromone > Pheromone(0) && (s.version, s.pheromone, s.node) > mine)
             .count();
+        let ahead = if self.state.roster.is_empty() && self.committed_roster.is_empty() {
+            // Cold start: we know (and smell) only part of the colony yet; scale our rank among
+            // the members we smell to the `bootstrap_expect` we expect, so that half the rack
+            // does not think itself the fittest.
+            // Smoothed: (ahead + ½) / known of the expected colony is ahead of us, so a node that
+            // smells few others does not assume it is the fittest.
+            let known = self.live.keys().filter(|n| book.contains_key(n)).count() + 1;
+            let expected = self.cfg.bootstrap_expect.max(known);
+            (2 * ahead + 1) * expected / (2 * known)
+        } else {
+            ahead
+        };
         live_heirs.len() + ahead
     }
 
@@ -1085,18 +1148,38 @@ impl Node {
             .collect()
     }
 
-    /// Start a pre-vote, a real vote (after a won pre-vote), or a hand-over vote.
-    fn stand(&mut self, now: Time, mode: Mode) {
-        let handover = mode == Mode::Handover;
-        if mode == Mode::PreVote && !self.may_stand(now) {
+    /// The stand timer: stand if eligible and our rank's delay has passed since we became
+    /// eligible; otherwise look again shortly.
+    fn on_stand_timer(&mut self, now: Time) {
+        if !self.may_stand(now) {
             if self.role == Role::Worker && !self.lease_valid(now) {
-                // Not eligible yet (e.g. too few members known): look again later.
+                // Not eligible yet (too few members known, or a queen reigns who does not know
+                // us yet: make sure she does). Rank again once eligible.
+                if self.lease.is_none() {
+                    if let Some(queen) = self.reigning_queen_scent() {
+                        let _ = self.with_swim(now, |swim, rt| swim.announce(queen, rt));
+                    }
+                }
+                self.rank_first = true;
                 let epoch = self.epoch;
                 self.schedule(
                     now + ms(self.cfg.round_timeout_ms * 2),
                     Timer::Stand { epoch },
                 );
             }
+            return;
+        }
+        if std::mem::take(&mut self.rank_first) {
+            // Just became eligible: our rank, known only now, sets the delay from here.
+            return self.schedule_stand(now);
+        }
+        self.stand(now, Mode::PreVote);
+    }
+
+    /// Start a pre-vote, a real vote (after a won pre-vote), or a hand-over vote.
+    fn stand(&mut self, now: Time, mode: Mode) {
+        let handover = mode == Mode::Handover;
+        if mode == Mode::PreVote && !self.may_stand(now) {
             return;
         }
         self.role = Role::Candidate;
@@ -1164,7 +1247,11 @@ impl Node {
         self.candidacy = None;
         self.role = Role::Worker;
         self.epoch += 1;
-        let backoff = self.rng.random_range(0..=self.cfg.round_timeout_ms * 2);
+        // Exponential backoff: a colony that keeps refusing us (it has a queen we cannot hear,
+        // or votes keep splitting) is not flooded with ballots.
+        self.failed_rounds = self.failed_rounds.saturating_add(1);
+        let window = self.cfg.round_timeout_ms << self.failed_rounds.min(5);
+        let backoff = self.rng.random_range(0..=window);
         let jitter = self.rng.random_range(0..=self.cfg.stagger_ms / 2);
         let delay = election::stand_delay_ms(
             self.rank(),
@@ -1174,6 +1261,21 @@ impl Node {
         ) + backoff;
         let epoch = self.epoch;
         self.schedule(now + ms(delay), Timer::Stand { epoch });
+    }
+
+    /// A voter refused our pre-vote because it obeys a live queen: stop standing, make
+    /// ourselves known to her (she heartbeats every member SWIM tells her about) and wait.
+    fn queen_elsewhere(&mut self, queen: SwimId, now: Time) {
+        if queen.node == self.cfg.node || !self.candidacy.as_ref().is_some_and(|c| c.pre) {
+            return;
+        }
+        self.candidacy = None;
+        self.role = Role::Worker;
+        self.epoch += 1;
+        let _ = self.with_swim(now, |swim, rt| swim.announce(queen, rt));
+        let wait = self.cfg.lease_ms + self.rng.random_range(0..=self.cfg.lease_ms);
+        let epoch = self.epoch;
+        self.schedule(now + ms(wait), Timer::Stand { epoch });
     }
 
     fn on_vote_reply(&mut self, from: NodeId, term: u64, granted: bool, pre: bool, now: Time) {
@@ -1250,11 +1352,18 @@ impl Node {
         let verdict = election::judge(&ballot, &view);
         let granted = verdict == Verdict::Grant;
         if ballot.pre {
+            let queen = match verdict {
+                Verdict::Refuse(election::Refusal::LeaseValid) => {
+                    self.lease.and_then(|l| self.live.get(&l.queen).cloned())
+                }
+                _ => None,
+            };
             self.send(
                 reply_to,
                 &ColonyMsg::PreVoteReply {
                     term: if granted { ballot.term } else { self.term },
                     granted,
+                    queen,
                 },
             );
             return;
@@ -1653,8 +1762,16 @@ impl Node {
                 };
                 self.on_ballot(reply_to, ballot, now);
             }
-            ColonyMsg::PreVoteReply { term, granted } => {
-                self.on_vote_reply(from, term, granted, true, now)
+            ColonyMsg::PreVoteReply {
+                term,
+                granted,
+                queen,
+            } => {
+                if let (false, Some(queen)) = (granted, queen) {
+                    self.queen_elsewhere(queen, now);
+                } else {
+                    self.on_vote_reply(from, term, granted, true, now);
+                }
             }
             ColonyMsg::VoteReply { term, granted } => {
                 self.on_vote_reply(from, term, granted, false, now)
@@ -1693,7 +1810,7 @@ impl Node {
                     self.stand(now, Mode::Handover);
                 }
             }
-            ColonyMsg::JoinRequest => self.on_join_request(reply_to),
+            ColonyMsg::JoinRequest { digest } => self.on_join_request(reply_to, digest),
             ColonyMsg::Members { members, scents } => {
                 if members.len() <= MEMBERS_PER_PACKET && scents.len() <= MEMBERS_PER_PACKET {
                     // Only what we do not already know as alive goes to foca (its member

@@ -433,6 +433,14 @@ impl Sim {
                 self.depose(i, term);
                 self.note(format!("node {i} abdicates term {term}: {reason:?}"));
             }
+            Event::Stood { pre, .. } if self.debug => {
+                let second = self.now / 1_000_000;
+                let e = self
+                    .kinds
+                    .entry(1000 + second as usize + if pre { 0 } else { 100_000 })
+                    .or_insert((0, 0));
+                e.0 += 1;
+            }
             Event::QueenLost { term, .. } => {
                 let now = secs(self.now);
                 for f in self

@@ -49,6 +49,9 @@ pub struct Scent {
     pub pheromone: Pheromone,
     pub version: Version,
     pub term: u64,
+    /// The node reigns as queen of `term`. Lets a newcomer that the queen has not reached yet
+    /// wait for her instead of standing.
+    pub queen: bool,
 }
 
 /// Largest encoded scent accepted from the wire.
@@ -159,6 +162,7 @@ mod tests {
             pheromone: Pheromone(10),
             version: Version::default(),
             term: 1,
+            queen: false,
         };
         assert!(book.receive_item(&scent.encode(), None).unwrap().is_some());
         scent.seq = 1;

@@ -113,9 +113,12 @@ pub enum ColonyMsg {
         version: Version,
         pheromone: Pheromone,
     },
+    /// `queen` is set when the voter refused because it obeys a live queen: the candidate then
+    /// stops standing and makes itself known to her instead.
     PreVoteReply {
         term: u64,
         granted: bool,
+        queen: Option<SwimId>,
     },
     /// A real ballot for `term`. `handover` is set when the reigning queen asked this candidate to
     /// take over, which lets voters ignore the still-valid lease of that queen.
@@ -157,7 +160,13 @@ pub enum ColonyMsg {
         term: u64,
     },
     /// A joining node asks a seed for the whole member list at once (join-time state exchange).
-    JoinRequest,
+    ///
+    /// `digest` summarises the asker's member list and scents (0 = send everything): the
+    /// answer is skipped when the two views already agree, so steady-state anti-entropy costs
+    /// two small datagrams.
+    JoinRequest {
+        digest: u64,
+    },
     /// A chunk of the sender's live members and the scents it holds for them, in answer to a
     /// [`ColonyMsg::JoinRequest`] (join-time exchange and periodic anti-entropy).
     Members {
