@@ -246,6 +246,10 @@ pub struct Node {
     /// The next stand timer must compute our rank first (we were not eligible until now).
     rank_first: bool,
     ticks: u64,
+    /// Bumped whenever foca reports a membership change.
+    members_gen: u64,
+    /// (members_gen, scent generation) → view digest.
+    digest_cache: Option<((u64, u64), u64)>,
     /// Cache of [`Node::heartbeat_targets`]; `None` when stale.
     targets: Option<std::sync::Arc<[SocketAddr]>>,
     candidacy: Option<Candidacy>,
@@ -402,6 +406,8 @@ impl Node {
             rank_first: true,
             ticks: 0,
             targets: None,
+            members_gen: 0,
+            digest_cache: None,
             candidacy: None,
             reign: None,
             cfg,
@@ -659,6 +665,7 @@ impl Node {
         let notes = std::mem::take(&mut self.notes);
         if !notes.is_empty() {
             self.targets = None;
+            self.members_gen += 1;
         }
         for note in notes {
             match note {
@@ -720,11 +727,21 @@ impl Node {
     /// alive (seeds included), so that two sides of a healed partition, which declared each
     /// other down and forgot each other, merge again.
     fn reconnect(&mut self, now: Time) {
-        let live: BTreeSet<SocketAddr> = self.live.values().map(|id| id.addr).collect();
-        let mut candidates: BTreeSet<SocketAddr> = self.addrs.values().copied().collect();
-        candidates.extend(self.cfg.seeds.iter().copied());
-        candidates.remove(&self.cfg.addr);
-        let candidates: Vec<SocketAddr> = candidates.difference(&live).copied().collect();
+        let seeds_missing = self
+            .cfg
+            .seeds
+            .iter()
+            .filter(|s| **s != self.cfg.addr && !self.live.values().any(|id| id.addr == **s));
+        let mut candidates: Vec<SocketAddr> = seeds_missing.copied().collect();
+        candidates.extend(
+            self.addrs
+                .iter()
+                .filter(|(n, _)| !self.live.contains_key(n))
+                .map(|(_, a)| *a),
+        );
+        candidates.retain(|a| *a != self.cfg.addr);
+        candidates.sort_unstable();
+        candidates.dedup();
         if candidates.is_empty() {
             return;
         }
@@ -741,7 +758,19 @@ impl Node {
     /// An order-independent summary of this node's view: live members (and itself) with their
     /// SWIM bumps, and the scent sequence numbers it holds for them. Equal digests ⇒ nothing
     /// to exchange. Never 0 (0 asks for everything).
-    fn view_digest(&self) -> u64 {
+    fn view_digest(&mut self) -> u64 {
+        let generation = (self.members_gen, self.scents.generation());
+        if let Some((g, digest)) = self.digest_cache {
+            if g == generation {
+                return digest;
+            }
+        }
+        let digest = self.compute_view_digest();
+        self.digest_cache = Some((generation, digest));
+        digest
+    }
+
+    fn compute_view_digest(&self) -> u64 {
         fn mix(mut z: u64) -> u64 {
             // splitmix64 finalizer
             z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);

@@ -7,6 +7,7 @@ use foca::{BroadcastHandler, Identity, Invalidates};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// foca's view of a node: the stable id, where it listens, and a bump that foca renews when the
@@ -99,11 +100,15 @@ impl Invalidates for ScentKey {
 /// The newest scent heard from every node. Shared between foca's broadcast handler (which
 /// writes) and the node's state machine (which reads); ordered so iteration is deterministic.
 #[derive(Clone, Debug, Default)]
-pub struct ScentBook(Arc<Mutex<BTreeMap<NodeId, Scent>>>);
+pub struct ScentBook {
+    book: Arc<Mutex<BTreeMap<NodeId, Scent>>>,
+    /// Bumped on every change, so readers can cache what they derive from the book.
+    generation: Arc<AtomicU64>,
+}
 
 impl ScentBook {
     pub fn lock(&self) -> MutexGuard<'_, BTreeMap<NodeId, Scent>> {
-        self.0
+        self.book
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -119,9 +124,15 @@ impl ScentBook {
             Some(known) if known.seq >= scent.seq => false,
             _ => {
                 book.insert(scent.node, scent);
+                self.generation.fetch_add(1, Ordering::Relaxed);
                 true
             }
         }
+    }
+
+    /// Changes whenever the book does.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
     }
 }
 
@@ -135,17 +146,10 @@ impl BroadcastHandler<SwimId> for ScentBook {
         _sender: Option<&SwimId>,
     ) -> Result<Option<ScentKey>, ScentError> {
         let scent = Scent::decode(data)?;
-        let mut book = self.lock();
-        match book.get(&scent.node) {
-            Some(known) if known.seq >= scent.seq => Ok(None),
-            _ => {
-                book.insert(scent.node, scent);
-                Ok(Some(ScentKey {
-                    node: scent.node,
-                    seq: scent.seq,
-                }))
-            }
-        }
+        Ok(self.merge(scent).then_some(ScentKey {
+            node: scent.node,
+            seq: scent.seq,
+        }))
     }
 }
 
