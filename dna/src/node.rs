@@ -717,7 +717,8 @@ impl Node {
                 bump: 0,
             };
             let _ = self.with_swim(now, |swim, rt| swim.announce(dst, rt));
-            self.send(seed, &ColonyMsg::JoinRequest { digest: 0 });
+            let scent = self.own_scent();
+            self.send(seed, &ColonyMsg::JoinRequest { digest: 0, scent });
         }
         let retry = now + ms(self.cfg.announce_retry_ms);
         self.schedule(retry, Timer::Announce);
@@ -752,11 +753,12 @@ impl Node {
             bump: 0,
         };
         let _ = self.with_swim(now, |swim, rt| swim.announce(dst, rt));
-        self.send(addr, &ColonyMsg::JoinRequest { digest: 0 });
+        let scent = self.own_scent();
+        self.send(addr, &ColonyMsg::JoinRequest { digest: 0, scent });
     }
 
     /// An order-independent summary of this node's view: live members (and itself) with their
-    /// SWIM bumps, and the scent sequence numbers it holds for them. Equal digests ⇒ nothing
+    /// SWIM bumps, and which of them it holds a scent for. Equal digests ⇒ nothing
     /// to exchange. Never 0 (0 asks for everything).
     fn view_digest(&mut self) -> u64 {
         let generation = (self.members_gen, self.scents.generation());
@@ -782,8 +784,11 @@ impl Node {
         let mut digest = 0u64;
         for id in self.live.values().chain(std::iter::once(me)) {
             digest ^= mix(id.node.0 ^ mix(u64::from(id.bump)));
-            if let Some(scent) = book.get(&id.node) {
-                digest ^= mix(id.node.0.rotate_left(17) ^ mix(u64::from(scent.seq) | 1 << 40));
+            // Scent *presence*, not its sequence: changes travel as foca broadcasts; the
+            // exchange only repairs what a node lacks (with a 1,000-node colony some scent is
+            // always changing somewhere, and seq-sensitive digests would never agree).
+            if book.contains_key(&id.node) {
+                digest ^= mix(id.node.0.rotate_left(17) ^ (1 << 40));
             }
         }
         digest.max(1)
@@ -811,6 +816,14 @@ impl Node {
         }
     }
 
+    fn own_scent(&self) -> Option<Scent> {
+        self.scents.get(self.cfg.node)
+    }
+
+    /// Publishes our scent when it changed enough (or `force`). The boot scent only goes into
+    /// our own book: it travels by the member exchange (pushed in our `JoinRequest`s, pulled by
+    /// everyone's), because broadcasting every node's first scent through foca costs
+    /// O(n² log n) at cold start. Later changes are foca broadcasts.
     fn publish_scent(&mut self, now: Time, force: bool) {
         let scent = Scent {
             node: self.cfg.node,
@@ -823,11 +836,14 @@ impl Node {
         let stale = match &self.last_scent {
             None => true,
             Some((last, _)) => {
-                // Republish on a real change only (10%): anti-entropy carries scents to latecomers,
+                // Republish on a real change only (25%): anti-entropy carries scents to latecomers,
                 // so there is no periodic refresh keeping foca's gossip busy.
-                let moved = u64::from(last.pheromone.0.abs_diff(scent.pheromone.0)) * 10
+                let moved = u64::from(last.pheromone.0.abs_diff(scent.pheromone.0)) * 4
                     > u64::from(last.pheromone.0);
-                moved || last.version != scent.version || last.queen != scent.queen
+                // A new state version alone does not republish: every node gets one at every
+                // roster change, and n republishes cost O(n² log n). Heirs (from the queen's
+                // acks) order successors by version; a scent's version is a hint.
+                moved || last.queen != scent.queen
             }
         };
         if !(force || stale) {
@@ -838,7 +854,10 @@ impl Node {
             seq: self.scent_seq,
             ..scent
         };
-        if self.swim.add_broadcast(&scent.encode()).is_ok() {
+        if self.last_scent.is_none() {
+            self.scents.merge(scent);
+            self.last_scent = Some((scent, now));
+        } else if self.swim.add_broadcast(&scent.encode()).is_ok() {
             self.last_scent = Some((scent, now));
         }
     }
@@ -871,7 +890,8 @@ impl Node {
             let pick = self.rng.random_range(0..self.live.len());
             if let Some(addr) = self.live.values().nth(pick).map(|id| id.addr) {
                 let digest = self.view_digest();
-                self.send(addr, &ColonyMsg::JoinRequest { digest });
+                let scent = self.own_scent();
+                self.send(addr, &ColonyMsg::JoinRequest { digest, scent });
             }
         }
         if self
@@ -1839,7 +1859,12 @@ impl Node {
                     self.stand(now, Mode::Handover);
                 }
             }
-            ColonyMsg::JoinRequest { digest } => self.on_join_request(reply_to, digest),
+            ColonyMsg::JoinRequest { digest, scent } => {
+                if let Some(scent) = scent.filter(|s| s.node == from) {
+                    self.scents.merge(scent);
+                }
+                self.on_join_request(reply_to, digest);
+            }
             ColonyMsg::Members { members, scents } => {
                 if members.len() <= MEMBERS_PER_PACKET && scents.len() <= MEMBERS_PER_PACKET {
                     // Only what we do not already know as alive goes to foca (its member

@@ -51,7 +51,10 @@ impl Gland {
     /// The level this node would settle at, given its uptime.
     pub fn target(&self, uptime_ms: u64) -> f64 {
         let uptime = (uptime_ms as f64 / STABLE_AFTER_MS as f64).min(1.0);
-        let stability = (0.5 + 0.5 * uptime) * 0.75f64.powf(self.penalty);
+        // The uptime ramp is gentle (×1.25 over ten minutes): ranks are relative, and a colony
+        // that booted together ramps together, so a steep ramp would only make every node
+        // republish its scent at the same moment (O(n² log n) gossip) for no change in order.
+        let stability = (0.8 + 0.2 * uptime) * 0.75f64.powf(self.penalty);
         let headroom = 1.0 - 0.5 * self.load;
         self.affinity * (0.2 + 0.8 * self.fitness) * stability * headroom
     }

@@ -164,8 +164,10 @@ pub enum ColonyMsg {
     /// `digest` summarises the asker's member list and scents (0 = send everything): the
     /// answer is skipped when the two views already agree, so steady-state anti-entropy costs
     /// two small datagrams.
+    /// `scent` is the asker's own: it pushes its scent while it pulls everyone else's.
     JoinRequest {
         digest: u64,
+        scent: Option<Scent>,
     },
     /// A chunk of the sender's live members and the scents it holds for them, in answer to a
     /// [`ColonyMsg::JoinRequest`] (join-time exchange and periodic anti-entropy).
