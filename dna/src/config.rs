@@ -55,6 +55,8 @@ pub struct Config {
     pub anti_entropy_ticks: u64,
     /// foca's gossip period (it wakes every node this often, so it is a cost even when idle).
     pub swim_gossip_ms: u64,
+    /// Each SWIM update is retransmitted `factor·log10(n+1)` times (at least 3).
+    pub swim_retransmit_factor: f64,
 }
 
 impl Config {
@@ -84,6 +86,7 @@ impl Config {
             heirs: 4,
             anti_entropy_ticks: 5,
             swim_gossip_ms: 500,
+            swim_retransmit_factor: 2.0,
         }
     }
 

@@ -353,6 +353,13 @@ impl Node {
         let mut swim_cfg = foca::Config::new_lan(size);
         // Our own anti-entropy (full member lists with scents) replaces foca's periodic announce.
         swim_cfg.periodic_announce = None;
+        // Fewer retransmissions than foca's default 4·log10(n+1): each is a linear search of the
+        // member list at every receiver (O(n²) per join wave), and our digest anti-entropy
+        // repairs whatever the thinner epidemic misses.
+        let max_tx =
+            (cfg.swim_retransmit_factor * f64::from(size.get().saturating_add(1)).log10()).ceil();
+        swim_cfg.max_transmissions = std::num::NonZeroU8::new(max_tx.clamp(3.0, 255.0) as u8)
+            .unwrap_or(std::num::NonZeroU8::MIN);
         swim_cfg.periodic_gossip = Some(foca::PeriodicParams {
             frequency: ms(cfg.swim_gossip_ms),
             num_members: std::num::NonZeroUsize::new(3).unwrap_or(std::num::NonZeroUsize::MIN),
