@@ -28,6 +28,7 @@ fn bench(c: &mut Criterion) {
                     seed: 1,
                     duration_us: 60_000_000,
                     preload_membership: false,
+                    debug: false,
                     timeline: false,
                 },
             )

@@ -1175,6 +1175,11 @@ impl Node {
     }
 
     fn schedule_stand(&mut self, now: Time) {
+        self.schedule_stand_after(now, 0);
+    }
+
+    /// Arms the stand timer at our rank's delay (plus `extra_ms`) from `now`.
+    fn schedule_stand_after(&mut self, now: Time, extra_ms: u64) {
         let jitter = self.rng.random_range(0..=self.cfg.stagger_ms / 2);
         let delay = election::stand_delay_ms(
             self.rank(),
@@ -1183,18 +1188,22 @@ impl Node {
             jitter,
         );
         let epoch = self.epoch;
-        self.schedule(now + ms(delay), Timer::Stand { epoch });
+        self.schedule(now + ms(delay + extra_ms), Timer::Stand { epoch });
     }
 
-    fn voters(&self) -> Vec<SocketAddr> {
-        let me = self.cfg.node;
-        let mut ids: BTreeSet<NodeId> = self
-            .state
+    /// Everyone in the latest or the committed roster.
+    fn roster_union(&self) -> BTreeSet<NodeId> {
+        self.state
             .roster
             .iter()
             .chain(&self.committed_roster)
             .copied()
-            .collect();
+            .collect()
+    }
+
+    fn voters(&self) -> Vec<SocketAddr> {
+        let me = self.cfg.node;
+        let mut ids = self.roster_union();
         if ids.is_empty() {
             ids = self.live.keys().copied().collect();
         }
@@ -1308,15 +1317,7 @@ impl Node {
         self.failed_rounds = self.failed_rounds.saturating_add(1);
         let window = self.cfg.round_timeout_ms << self.failed_rounds.min(5);
         let backoff = self.rng.random_range(0..=window);
-        let jitter = self.rng.random_range(0..=self.cfg.stagger_ms / 2);
-        let delay = election::stand_delay_ms(
-            self.rank(),
-            self.cfg.stand_base_ms,
-            self.cfg.stagger_ms,
-            jitter,
-        ) + backoff;
-        let epoch = self.epoch;
-        self.schedule(now + ms(delay), Timer::Stand { epoch });
+        self.schedule_stand_after(now, backoff);
     }
 
     /// A voter refused our pre-vote because it obeys a live queen: stop standing, make
@@ -1518,13 +1519,7 @@ impl Node {
             return t.clone();
         }
         let me = self.cfg.node;
-        let mut ids: BTreeSet<NodeId> = self
-            .state
-            .roster
-            .iter()
-            .chain(&self.committed_roster)
-            .copied()
-            .collect();
+        let mut ids = self.roster_union();
         ids.extend(self.live.keys().copied());
         ids.remove(&me);
         let targets: std::sync::Arc<[SocketAddr]> =

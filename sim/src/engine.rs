@@ -41,6 +41,9 @@ pub struct Options {
     /// through seeds; needed for very large colonies.
     pub preload_membership: bool,
     pub timeline: bool,
+    /// Print diagnostics to stderr at the end (members known per node, messages by kind,
+    /// ballots per second, nodes not following the queen).
+    pub debug: bool,
 }
 
 pub fn addr_of(index: usize) -> SocketAddr {
@@ -227,7 +230,7 @@ impl Sim {
             failovers: Vec::new(),
             timeline: Vec::new(),
             roster_seen: 0,
-            debug: std::env::var_os("AWARE_SIM_DEBUG").is_some(),
+            debug: opts.debug,
             kinds: Default::default(),
             opts,
         };
@@ -699,7 +702,7 @@ impl Sim {
     }
 
     fn finish(mut self) -> Report {
-        if std::env::var_os("AWARE_SIM_DEBUG").is_some() {
+        if self.debug {
             let known: Vec<usize> = self
                 .nodes
                 .iter()

@@ -62,6 +62,9 @@ struct Common {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    /// Print diagnostics to stderr (messages by kind, ballots per second, stray nodes).
+    #[arg(long)]
+    debug: bool,
 }
 
 fn default_scenario() -> Scenario {
@@ -113,6 +116,7 @@ fn load(common: &Common) -> Result<(Scenario, Options)> {
         seed: 0,
         duration_us,
         preload_membership: common.preload || nodes >= 2000,
+        debug: common.debug,
         timeline: false,
     };
     Ok((scenario, opts))

@@ -21,6 +21,7 @@ fn run(sc: &Scenario, nodes: usize, seed: u64, duration_s: u64) -> Report {
             seed,
             duration_us: duration_s * 1_000_000,
             preload_membership: false,
+            debug: false,
             timeline: true,
         },
     )
