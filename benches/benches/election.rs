@@ -25,6 +25,7 @@ fn bench(c: &mut Criterion) {
         lease: Some((4, Time(9_000))),
         reigning: false,
         restart_fenced: false,
+        just_voted_for: None,
         veto_open: true,
         fittest_other: Some(Pheromone(520_000)),
         weak_margin: 0.1,

@@ -30,6 +30,9 @@ pub struct VoterView {
     /// The voter restarted less than a worker lease ago: before the crash it may have acked a
     /// queen whose lease still runs, so it votes for nobody yet.
     pub restart_fenced: bool,
+    /// The voter just gave its real vote to this candidate: until that candidate's first
+    /// heartbeat can arrive, it refuses to pre-vote for anyone else (no duel at the finish).
+    pub just_voted_for: Option<NodeId>,
     /// The voter lost its queen (or booted) recently enough to refuse clearly weaker candidates.
     pub veto_open: bool,
     /// The fittest up-to-date live member the voter knows of, other than the candidate.
@@ -54,6 +57,8 @@ pub enum Refusal {
     /// The candidate's colony state is older than the voter's: crowning it could lose a commit.
     OlderVersion,
     AlreadyVoted,
+    /// The voter just voted for another candidate, whose crown (and first heartbeat) is due.
+    JustVoted,
     /// The candidate is clearly weaker than the fittest up-to-date member the voter knows.
     Weaker,
 }
@@ -73,6 +78,9 @@ pub fn judge(ballot: &Ballot, view: &VoterView) -> Verdict {
     }
     if view.restart_fenced {
         return refuse(LeaseValid);
+    }
+    if ballot.pre && view.just_voted_for.is_some_and(|c| c != ballot.candidate) {
+        return refuse(JustVoted);
     }
     if let Some((lease_term, until)) = view.lease {
         let released_by_handover = ballot.handover && lease_term + 1 == ballot.term;
@@ -128,6 +136,7 @@ mod tests {
             lease: Some((4, Time(9_000))),
             reigning: false,
             restart_fenced: false,
+            just_voted_for: None,
             veto_open: true,
             fittest_other: Some(Pheromone(520_000)),
             weak_margin: 0.1,
@@ -210,6 +219,42 @@ mod tests {
                 &VoterView {
                     fittest_other: Some(Pheromone(900_000)),
                     veto_open: false,
+                    ..v
+                }
+            ),
+            Verdict::Grant
+        );
+    }
+
+    #[test]
+    fn a_fresh_vote_blocks_pre_votes_for_others_only() {
+        let v = VoterView {
+            term: 5,
+            voted_for: Some(NodeId(2)),
+            just_voted_for: Some(NodeId(2)),
+            ..view()
+        };
+        let pre = Ballot {
+            pre: true,
+            term: 6,
+            ..ballot()
+        };
+        assert_eq!(judge(&pre, &v), Verdict::Refuse(Refusal::JustVoted));
+        assert_eq!(
+            judge(
+                &Ballot {
+                    candidate: NodeId(2),
+                    ..pre
+                },
+                &v
+            ),
+            Verdict::Grant
+        );
+        assert_eq!(
+            judge(
+                &pre,
+                &VoterView {
+                    just_voted_for: None,
                     ..v
                 }
             ),

@@ -208,6 +208,8 @@ pub struct Node {
     boot: Time,
     /// After a restart the node neither votes nor stands until this time (see election.rs).
     fenced_until: Time,
+    /// When this node last gave its real vote (to `voted_for`).
+    voted_at: Option<Time>,
     last_now: Time,
     rng: ChaCha8Rng,
     swim: Swim,
@@ -376,6 +378,7 @@ impl Node {
         let mut node = Node {
             incarnation,
             boot: now,
+            voted_at: None,
             fenced_until: if rebooted {
                 now + ms(cfg.lease_ms)
             } else {
@@ -922,13 +925,15 @@ impl Node {
 
     fn adopt_term(&mut self, term: u64, now: Time) {
         debug_assert!(term > self.term);
+        if self.role == Role::Queen {
+            // Abdicate in her own term, so that the release reaches the workers she leases.
+            self.abdicate(AbdicateReason::Superseded, now);
+        }
         self.term = term;
         self.voted_for = None;
         self.persist();
-        match self.role {
-            Role::Queen => self.abdicate(AbdicateReason::Superseded, now),
-            Role::Candidate => self.become_worker(now),
-            Role::Worker => {}
+        if self.role == Role::Candidate {
+            self.become_worker(now);
         }
     }
 
@@ -1118,6 +1123,10 @@ impl Node {
         {
             return false;
         }
+        if self.just_voted_for(now).is_some_and(|c| c != self.cfg.node) {
+            // We just voted for someone whose crown is due: do not duel with her.
+            return false;
+        }
         if self.lease.is_none() && self.reigning_queen_scent().is_some() {
             // Never had a queen since boot, but one reigns: she just has not reached us yet.
             return false;
@@ -1127,6 +1136,14 @@ impl Node {
         } else {
             self.in_roster(self.cfg.node)
         }
+    }
+
+    /// The candidate we gave our real vote to within the last `heartbeat_ms + round_timeout_ms`
+    /// (time enough for her crown and first heartbeat to reach us), if we obey no one yet.
+    fn just_voted_for(&self, now: Time) -> Option<NodeId> {
+        let window = ms(self.cfg.heartbeat_ms + self.cfg.round_timeout_ms);
+        let at = self.voted_at?;
+        (now.since(at) < window && !self.lease_valid(now)).then_some(self.voted_for?)
     }
 
     /// A live member whose scent says she reigns in our term or a later one.
@@ -1398,6 +1415,7 @@ impl Node {
             lease: self.lease.map(|l| (l.term, l.until)),
             reigning: self.role == Role::Queen,
             restart_fenced: now < self.fenced_until,
+            just_voted_for: self.just_voted_for(now),
             veto_open,
             fittest_other: if veto_open {
                 self.fittest_other(ballot.candidate, ballot.version)
@@ -1436,6 +1454,7 @@ impl Node {
         }
         if granted {
             self.voted_for = Some(ballot.candidate);
+            self.voted_at = Some(now);
             self.persist();
             if self.role == Role::Candidate {
                 self.become_worker(now);
@@ -1616,8 +1635,11 @@ impl Node {
         let counts = reign.quorum.counts(from);
         let mut extended = None;
         if counts {
-            if let Some(entry) = reign.sent.iter_mut().find(|e| e.0 == seq) {
-                if !entry.3 && entry.2.insert(from) && reign.quorum.is_met_fast(&entry.2) {
+            // Acks are cumulative: a worker that acks heartbeat `seq` (received at r ≥ its send
+            // time) refuses votes until r + lease_ms, which also covers every earlier heartbeat.
+            // So a worker that missed heartbeat k but acked k+1 still counts for k.
+            for entry in reign.sent.iter_mut().filter(|e| e.0 <= seq && !e.3) {
+                if entry.2.insert(from) && reign.quorum.is_met_fast(&entry.2) {
                     entry.3 = true;
                     let until = entry.1 + queen_lease;
                     if reign.lease_until.is_none_or(|u| u < until) {

@@ -425,6 +425,7 @@ impl Sim {
                     id: format!("{:?}", sn.id),
                     crowned_s: secs(self.now),
                     deposed_s: None,
+                    ended_by: None,
                 });
                 for f in self
                     .failovers
@@ -439,7 +440,7 @@ impl Sim {
                 ));
             }
             Event::Abdicated { term, reason } => {
-                self.depose(i, term);
+                self.depose(i, term, format!("{reason:?}"));
                 self.note(format!("node {i} abdicates term {term}: {reason:?}"));
             }
             Event::Stood { pre, .. } if self.debug => {
@@ -470,7 +471,7 @@ impl Sim {
         }
     }
 
-    fn depose(&mut self, i: usize, term: u64) {
+    fn depose(&mut self, i: usize, term: u64, why: String) {
         let now = secs(self.now);
         if let Some(q) = self
             .queens
@@ -479,6 +480,7 @@ impl Sim {
             .find(|q| q.node == i && q.term == term && q.deposed_s.is_none())
         {
             q.deposed_s = Some(now);
+            q.ended_by = Some(why);
         }
     }
 
@@ -547,7 +549,7 @@ impl Sim {
         self.nodes[i].wake_at = None;
         self.checker.on_crash(i);
         if node.role() == Role::Queen {
-            self.depose(i, node.term());
+            self.depose(i, node.term(), "crash".to_owned());
             self.failovers.push(Failover {
                 term: node.term(),
                 queen_lost_s: secs(now),

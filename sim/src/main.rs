@@ -220,9 +220,8 @@ fn run() -> Result<ExitCode> {
             let started = wall_clock();
             let reports = sweep::run_seeds(&scenario, &opts, seeds, threads);
             let wall = started.elapsed().as_secs_f64();
-            let summary = sweep::summarize(&scenario, &reports, wall, |seed| {
-                replay_command(&common, &opts, seed)
-            });
+            let summary =
+                sweep::summarize(&reports, wall, |seed| replay_command(&common, &opts, seed));
             if common.json {
                 println!("{}", serde_json::to_string_pretty(&summary)?);
             } else {
@@ -242,11 +241,18 @@ fn run() -> Result<ExitCode> {
                     "membership converged (s): {}",
                     p(&summary.membership_converged_s)
                 );
+                println!("hand-overs per run:       {}", p(&summary.handovers));
                 println!("extra terms per run:      {}", p(&summary.extra_terms));
                 println!(
                     "runs without a queen: {:?}; unfinished failovers: {}",
                     summary.no_queen, summary.failovers_unfinished
                 );
+                for x in summary.extra_term_runs.iter().take(10) {
+                    println!(
+                        "  extra terms in seed {}: queens crowned at {:?}\n    replay: {}",
+                        x.seed, x.crowned_s, x.replay
+                    );
+                }
                 println!("violations: {}", summary.violations.len());
                 for v in summary.violations.iter().take(20) {
                     println!(

@@ -11,6 +11,9 @@ pub struct QueenRecord {
     pub id: String,
     pub crowned_s: f64,
     pub deposed_s: Option<f64>,
+    /// Why her reign ended: `crash`, or the abdication reason (`LostMajority`, `Superseded`,
+    /// `Handover`).
+    pub ended_by: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -142,8 +145,20 @@ pub struct SweepReport {
     pub first_queen_s: Percentiles,
     pub failover_s: Percentiles,
     pub membership_converged_s: Percentiles,
-    /// Terms crowned per run beyond those caused by scripted queen crashes (false depositions).
+    /// Graceful hand-overs to a fitter heir per run (intended: hysteresis, not loss).
+    pub handovers: Percentiles,
+    /// Terms crowned per run beyond those caused by a queen crash or a hand-over: false
+    /// depositions, duels, minority queens stepping down.
     pub extra_terms: Percentiles,
+    /// The runs with extra terms (at most 50): seed and when each queen was crowned.
+    pub extra_term_runs: Vec<ExtraTerms>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ExtraTerms {
+    pub seed: u64,
+    pub crowned_s: Vec<f64>,
+    pub replay: String,
 }
 
 #[cfg(test)]

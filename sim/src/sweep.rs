@@ -2,8 +2,8 @@
 //! deterministic: it depends on its seed only), aggregated into percentiles.
 
 use crate::engine::{Options, Sim};
-use crate::report::{Percentiles, Report, SeedViolation, SweepReport};
-use crate::scenario::{Action, Scenario, Target};
+use crate::report::{ExtraTerms, Percentiles, Report, SeedViolation, SweepReport};
+use crate::scenario::Scenario;
 use std::sync::Mutex;
 
 /// Runs `seeds` and returns every report, in seed order.
@@ -50,17 +50,7 @@ pub fn run_seeds(
 }
 
 /// Aggregates a sweep. `replay` renders the command that replays one seed.
-pub fn summarize(
-    scenario: &Scenario,
-    reports: &[Report],
-    wall_s: f64,
-    replay: impl Fn(u64) -> String,
-) -> SweepReport {
-    let scripted_queen_crashes = scenario
-        .events
-        .iter()
-        .filter(|e| matches!(e.action, Action::Crash(Target::Queen)))
-        .count();
+pub fn summarize(reports: &[Report], wall_s: f64, replay: impl Fn(u64) -> String) -> SweepReport {
     let mut violations = Vec::new();
     for r in reports {
         for v in &r.violations {
@@ -80,16 +70,28 @@ pub fn summarize(
         .iter()
         .filter_map(|r| r.membership_converged_s)
         .collect();
-    let extra = reports
+    // Each queen crash legitimately crowns one more queen; any other crown is an extra term.
+    let handovers_of = |r: &Report| {
+        r.queens
+            .iter()
+            .filter(|q| q.ended_by.as_deref() == Some("Handover"))
+            .count()
+    };
+    let extra_of = |r: &Report| {
+        r.queens
+            .len()
+            .saturating_sub(1 + r.failovers.len() + handovers_of(r))
+    };
+    let extra = reports.iter().map(|r| extra_of(r) as f64).collect();
+    let handovers = reports.iter().map(|r| handovers_of(r) as f64).collect();
+    let extra_term_runs = reports
         .iter()
-        .map(|r| {
-            r.queens.len().saturating_sub(
-                1 + r.failovers.len().max(if scenario.chaos.is_some() {
-                    0
-                } else {
-                    scripted_queen_crashes.min(r.failovers.len())
-                }),
-            ) as f64
+        .filter(|r| extra_of(r) > 0)
+        .take(50)
+        .map(|r| ExtraTerms {
+            seed: r.seed,
+            crowned_s: r.queens.iter().map(|q| q.crowned_s).collect(),
+            replay: replay(r.seed),
         })
         .collect();
     SweepReport {
@@ -110,6 +112,8 @@ pub fn summarize(
         first_queen_s: Percentiles::of(firsts),
         failover_s: Percentiles::of(failovers),
         membership_converged_s: Percentiles::of(converged),
+        handovers: Percentiles::of(handovers),
         extra_terms: Percentiles::of(extra),
+        extra_term_runs,
     }
 }
