@@ -961,14 +961,7 @@ impl Node {
         now: Time,
     ) {
         if term < self.term {
-            self.send(
-                reply_to,
-                &ColonyMsg::HeartbeatAck {
-                    term: self.term,
-                    seq,
-                    accepted: self.state.version,
-                },
-            );
+            self.ack(reply_to, seq);
             return;
         }
         if term > self.term {
@@ -1018,14 +1011,17 @@ impl Node {
             until,
         });
         self.note_commit(commit);
-        self.send(
-            reply_to,
-            &ColonyMsg::HeartbeatAck {
-                term: self.term,
-                seq,
-                accepted: self.state.version,
-            },
-        );
+        self.ack(reply_to, seq);
+    }
+
+    /// Answers the queen (or a stale one) with our term and the newest version we hold.
+    fn ack(&mut self, to: SocketAddr, seq: u64) {
+        let msg = ColonyMsg::HeartbeatAck {
+            term: self.term,
+            seq,
+            accepted: self.state.version,
+        };
+        self.send(to, &msg);
     }
 
     fn on_lease_check(&mut self, now: Time) {
@@ -1075,14 +1071,7 @@ impl Node {
             self.persist();
         }
         self.note_commit(commit);
-        self.send(
-            reply_to,
-            &ColonyMsg::HeartbeatAck {
-                term: self.term,
-                seq: self.last_hb_seq,
-                accepted: self.state.version,
-            },
-        );
+        self.ack(reply_to, self.last_hb_seq);
     }
 
     /// The queen says `commit` is committed: everything up to it in her term is.
