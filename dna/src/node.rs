@@ -187,7 +187,7 @@ struct Reign {
     quorum: Quorum,
     followers: BTreeMap<NodeId, Follower>,
     version_acks: BTreeSet<NodeId>,
-    /// The heartbeat payload, encoded once per round.
+    /// Heirs named in every heartbeat, re-ranked every fourth one.
     heirs: Vec<Heir>,
     fitter_since: Option<(NodeId, Time)>,
 }
@@ -462,9 +462,6 @@ impl Node {
     /// Members SWIM considers alive, not counting this node.
     pub fn live_members(&self) -> usize {
         self.live.len()
-    }
-    pub fn live_ids(&self) -> impl Iterator<Item = NodeId> + '_ {
-        self.live.keys().copied()
     }
     /// The queen this node obeys at `now` (a queen names herself while her lease holds).
     pub fn queen(&self, now: Time) -> Option<(u64, NodeId)> {

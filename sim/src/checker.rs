@@ -37,7 +37,6 @@ pub struct Checker {
     reigns: BTreeMap<u64, (NodeId, u64)>,
     workers: HashMap<usize, WorkerView>,
     digests: HashMap<Version, u64>,
-    max_committed: Version,
     /// (term, version inherited) of every queen crowned so far.
     crowned: Vec<(u64, Version)>,
     /// Every version committed so far (to check queens crowned earlier in virtual time but of
@@ -55,11 +54,6 @@ impl Checker {
             self.violations
                 .push(format!("t={:.3}s: {what}", secs(at_us)));
         }
-    }
-
-    /// The highest version committed anywhere so far.
-    pub fn max_committed(&self) -> Version {
-        self.max_committed
     }
 
     /// `to_global` converts the node's clock to global µs.
@@ -161,7 +155,6 @@ impl Checker {
                     ),
                     _ => {}
                 }
-                self.max_committed = self.max_committed.max(version);
                 if self.committed.insert(version) {
                     let lost: Vec<(u64, Version)> = self
                         .crowned
@@ -187,8 +180,4 @@ impl Checker {
             view.lease = None;
         }
     }
-
-    /// A node crashed: a crashed queen's lease can no longer be renewed, but it is not released
-    /// either — her lease simply runs out.
-    pub fn on_crash(&mut self, _index: usize) {}
 }

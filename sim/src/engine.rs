@@ -164,7 +164,6 @@ pub struct Sim {
     queens: Vec<QueenRecord>,
     failovers: Vec<Failover>,
     timeline: Vec<String>,
-    roster_seen: usize,
     debug: bool,
     /// The colony was seen converged at some sample in the final window.
     converged_in_window: bool,
@@ -234,7 +233,6 @@ impl Sim {
             queens: Vec::new(),
             failovers: Vec::new(),
             timeline: Vec::new(),
-            roster_seen: 0,
             debug: opts.debug,
             converged_in_window: false,
             kinds: Default::default(),
@@ -434,7 +432,6 @@ impl Sim {
                 {
                     f.new_queen_s = Some(secs(self.now));
                 }
-                self.roster_seen = roster;
                 self.note(format!(
                     "node {i} crowned queen of term {term} (roster {roster})"
                 ));
@@ -526,7 +523,6 @@ impl Sim {
     }
 
     fn current_queen(&self) -> Option<usize> {
-        let local = |sn: &SimNode| sn.local(self.now);
         self.nodes
             .iter()
             .enumerate()
@@ -534,10 +530,10 @@ impl Sim {
                 sn.node
                     .as_ref()
                     .filter(|n| n.role() == Role::Queen)
-                    .map(|n| (n.term(), i, local(sn)))
+                    .map(|n| (n.term(), i))
             })
             .max()
-            .map(|(_, i, _)| i)
+            .map(|(_, i)| i)
     }
 
     fn crash(&mut self, i: usize) {
@@ -547,7 +543,6 @@ impl Sim {
         let now = self.now;
         self.nodes[i].crashed_at = Some(now);
         self.nodes[i].wake_at = None;
-        self.checker.on_crash(i);
         if node.role() == Role::Queen {
             self.depose(i, node.term(), "crash".to_owned());
             self.failovers.push(Failover {
