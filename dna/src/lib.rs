@@ -8,6 +8,8 @@
 //! - [`pheromone`]: how fit a node is to be queen, evaporating and reinforced over time.
 //! - [`quorum`]: majorities over the roster (or `bootstrap_expect` before there is one).
 //! - [`election`]: the voter's rules and the candidate's stagger, as pure functions.
+//! - [`spec`]: the colony-spec language (YAML → [`swarm_core::spec::ColonySpec`]) and templates.
+//! - [`plan`]: the planner, a pure function from spec, nodes and previous plan to placements.
 //! - [`timer`]: the node's own timer queue.
 //! - [`node`]: SWIM membership (foca), election, reign and colony-state replication.
 
@@ -15,7 +17,9 @@ pub mod config;
 pub mod election;
 pub mod node;
 pub mod pheromone;
+pub mod plan;
 pub mod quorum;
+pub mod spec;
 pub mod timer;
 
 pub use config::Config;

@@ -7,6 +7,7 @@
 
 use crate::NodeId;
 use crate::seal::{ColonyKey, TAG_BYTES};
+use crate::spec::{ColonySpec, NodeRecord, Unplaced};
 use crate::swim::{Scent, SwimId};
 use serde::{Deserialize, Serialize};
 
@@ -67,6 +68,8 @@ pub struct Assignment {
     pub role: String,
     pub replica: u32,
     pub node: NodeId,
+    /// Placed with the role's fallback needs (e.g. CPU instead of GPU).
+    pub fallback: bool,
 }
 
 impl ColonyState {
@@ -83,6 +86,7 @@ impl ColonyState {
     /// Structural checks on a document received from the wire.
     pub fn is_well_formed(&self) -> bool {
         self.roster.windows(2).all(|w| w[0] < w[1])
+            && self.nodes.windows(2).all(|w| w[0].node < w[1].node)
     }
 }
 
@@ -93,8 +97,17 @@ pub struct ColonyState {
     pub version: Version,
     /// The voting membership: majorities are counted over this list. Sorted, no duplicates.
     pub roster: Vec<NodeId>,
+    /// Bumped each time an operator applies a spec; 0 = no spec yet.
     pub spec_version: u64,
+    /// The spec the assignments were planned from.
+    pub spec: Option<ColonySpec>,
+    /// The nodes the plan was computed over (live, registered), sorted by id. Empty without a
+    /// spec. `dna::plan::plan(spec, nodes, previous assignments)` reproduces `assignments`.
+    pub nodes: Vec<NodeRecord>,
+    /// Sorted by (role, replica).
     pub assignments: Vec<Assignment>,
+    /// Replicas the plan could not place, with the reason.
+    pub unplaced: Vec<Unplaced>,
 }
 
 /// A likely successor, as ranked by the queen: up to date and fit.
