@@ -1557,6 +1557,7 @@ impl Node {
             roster: self.state.roster.len(),
             inherited,
         });
+        self.commit_if_alone();
         self.publish_scent(now, true);
         self.on_heartbeat_timer(self.term, now);
         // The first plan waits for registrations, but no longer than `register_wait_ms`.
@@ -1779,7 +1780,14 @@ impl Node {
         let seq = reign.hb_seq;
         let mut acked = BTreeSet::new();
         acked.insert(self.cfg.node);
-        reign.sent.push_back((seq, now, acked, false));
+        // A queen who is a majority by herself (a colony of one) renews her own lease.
+        let alone = reign.quorum.is_met(&acked);
+        let mut renewed = None;
+        if alone && reign.lease_until.is_none_or(|u| u < now + queen_lease) {
+            reign.lease_until = Some(now + queen_lease);
+            renewed = Some(now + queen_lease);
+        }
+        reign.sent.push_back((seq, now, acked, alone));
         if reign.sent.len() > LEASE_WINDOW {
             reign.sent.pop_front();
         }
@@ -1795,6 +1803,12 @@ impl Node {
             heirs: reign.heirs.clone(),
         };
         self.broadcast(&msg);
+        if let Some(until) = renewed {
+            self.emit(Event::Reigns {
+                term: self.term,
+                until,
+            });
+        }
         let next = now + ms(self.cfg.heartbeat_ms);
         self.schedule(next, Timer::Heartbeat { term });
     }
@@ -1969,6 +1983,18 @@ impl Node {
             for f in reign.followers.values_mut() {
                 f.state_sent = Some((self.state.version, now));
             }
+        }
+        self.commit_if_alone();
+    }
+
+    /// A queen who is a majority by herself (a colony of one) commits without waiting for acks.
+    fn commit_if_alone(&mut self) {
+        let alone = self
+            .reign
+            .as_ref()
+            .is_some_and(|r| r.quorum.is_met(&r.version_acks));
+        if alone && self.state.version > self.commit {
+            self.commit_latest();
         }
     }
 
