@@ -31,7 +31,11 @@ impl Diags {
                 file: files.get(usize::from(pos.src)).cloned().unwrap_or_default(),
                 line: pos.line,
                 col: pos.col,
-                message,
+                message: if pos.src == 0 {
+                    message
+                } else {
+                    format!("{message} (in the template; override it under `roles:`)")
+                },
             })
             .collect()
     }
@@ -118,7 +122,10 @@ pub(crate) fn fields<'n>(
             );
             continue;
         };
-        if !allowed.contains(&name) {
+        // `x-...` keys at the top level are ignored, as in compose files: a place for anchors.
+        let extension = allowed.contains(&"colony") && name.starts_with("x-");
+        let known = allowed.contains(&name) || extension;
+        if !known {
             let hint = did_you_mean(name, allowed.iter().copied());
             let msg = if hint.is_empty() {
                 format!(
@@ -285,15 +292,24 @@ pub(crate) fn name_list(d: &mut Diags, node: &Node, what: &str) -> Option<Vec<(S
         return Some(Vec::new());
     }
     match &node.value {
-        Value::Scalar { text, .. } => Some(vec![(text.clone(), node.pos)]),
+        Value::Scalar { text, .. } if node.kind() == "a string" => {
+            Some(vec![(text.clone(), node.pos)])
+        }
+        Value::Scalar { .. } => {
+            d.err(
+                node.pos,
+                format!("expected a list of {what}, found {}", node.kind()),
+            );
+            None
+        }
         Value::Seq(items) => {
             let mut out = Vec::new();
             for item in items {
                 match item.scalar() {
-                    Some(t) => out.push((t.to_owned(), item.pos)),
-                    None => d.err(
+                    Some(t) if item.kind() == "a string" => out.push((t.to_owned(), item.pos)),
+                    _ => d.err(
                         item.pos,
-                        format!("expected {what}, found {} in the list", item.kind()),
+                        format!("expected a list of {what}, found {} in it", item.kind()),
                     ),
                 }
             }

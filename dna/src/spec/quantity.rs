@@ -93,6 +93,11 @@ pub fn mib(s: &str) -> Result<u64, String> {
             "a unit is required, e.g. `{t}Mi` (units: Ki Mi Gi Ti, or k M G T)"
         ));
     }
+    if unit.starts_with(['e', 'E'])
+        && unit[1..].starts_with(|c: char| c.is_ascii_digit() || c == '-')
+    {
+        return Err("exponent notation is not supported; write e.g. `512Mi` or `2Gi`".to_owned());
+    }
     let Some(&(_, mult)) = UNITS.iter().find(|(u, _)| *u == unit) else {
         let hint = match unit.to_ascii_lowercase().trim_end_matches('b') {
             "k" | "ki" => " (did you mean `Ki`?)",

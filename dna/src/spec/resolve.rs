@@ -89,6 +89,7 @@ pub(crate) fn resolve(
         return None;
     };
     let top = fields(d, root, TOP_KEYS, "the colony spec")?;
+    let mut template_failed = false;
 
     let mut name = String::new();
     match top.get("colony") {
@@ -114,6 +115,7 @@ pub(crate) fn resolve(
             match template(t) {
                 Some(tree) => roles.extend(template_roles(&tree)),
                 None => {
+                    template_failed = true;
                     let hint = did_you_mean(t, super::TEMPLATES.iter().copied());
                     d.err(
                         tn.pos,
@@ -144,7 +146,7 @@ pub(crate) fn resolve(
         info.push(ri);
     }
 
-    if let Some(sn) = top.get("scale") {
+    if let (Some(sn), false) = (top.get("scale"), template_failed) {
         scale(d, sn, &mut specs);
     }
     references(d, &roles, &specs);
@@ -290,15 +292,8 @@ fn role(d: &mut Diags, name: &str, name_pos: Pos, node: &Node) -> (RoleSpec, Rol
     };
 
     if let Some(n) = f.get("replicas") {
-        if let Some(v) = uint(d, n, "replicas", u64::MAX) {
-            if v > MAX_REPLICAS {
-                d.err(
-                    n.pos,
-                    format!("replicas {v} is more than the maximum of {MAX_REPLICAS}"),
-                );
-            } else {
-                spec.count = Count::Replicas(u32::try_from(v).unwrap_or(0));
-            }
+        if let Some(v) = uint(d, n, "replicas", MAX_REPLICAS) {
+            spec.count = Count::Replicas(u32::try_from(v).unwrap_or(0));
         }
     }
     if let Some(n) = f.get("mode") {
@@ -1116,15 +1111,16 @@ fn scale(d: &mut Diags, n: &Node, specs: &mut [RoleSpec]) {
         };
         if v.scalar() == Some("global") {
             role.count = Count::Global;
-        } else if let Some(c) = uint(d, v, "replicas (or `global`)", u64::MAX) {
-            if c > MAX_REPLICAS {
-                d.err(
-                    v.pos,
-                    format!("replicas {c} is more than the maximum of {MAX_REPLICAS}"),
-                );
-            } else {
-                role.count = Count::Replicas(u32::try_from(c).unwrap_or(0));
-            }
+        } else if v.kind() != "a number" {
+            d.err(
+                v.pos,
+                format!(
+                    "expected a replica count (a whole number) or `global` for role `{name}`, found {}",
+                    v.kind()
+                ),
+            );
+        } else if let Some(c) = uint(d, v, "replicas", MAX_REPLICAS) {
+            role.count = Count::Replicas(u32::try_from(c).unwrap_or(0));
         }
     }
 }
