@@ -138,6 +138,17 @@ pub(crate) fn resolve(
         Some(rn) => user_roles(d, rn, &mut roles, from_template),
     }
 
+    if roles.is_empty() && !template_failed {
+        let given_none = top
+            .get("roles")
+            .is_some_and(|r| r.is_null() || matches!(&r.value, Value::Map(m) if m.is_empty()));
+        if let (Some(rk), true) = (top.key("roles"), given_none) {
+            d.err(
+                rk.pos,
+                "the colony has no roles; add at least one under `roles:`",
+            );
+        }
+    }
     let mut specs = Vec::new();
     let mut info = Vec::new();
     for (role_name, name_pos, node) in &roles {
