@@ -93,8 +93,20 @@ fn bench(c: &mut Criterion) {
     big.bench_function("fresh 10,000 nodes x 100,000 replicas", |b| {
         b.iter(|| plan(black_box(&s), black_box(&n), &[]))
     });
-    let prev = plan(&s, &n, &[]).assignments;
+    let fresh = plan(&s, &n, &[]);
+    let fallback = fresh.assignments.iter().filter(|a| a.fallback).count();
+    eprintln!(
+        "10k: {} assigned ({fallback} on fallback), {} unplaced",
+        fresh.assignments.len(),
+        fresh.unplaced.len()
+    );
+    let prev = fresh.assignments;
     let fewer: Vec<NodeRecord> = n.iter().filter(|r| r.node != NodeId(37)).cloned().collect();
+    let replan = plan(&s, &fewer, &prev);
+    eprintln!(
+        "10k after losing node 37: {:?}",
+        dna::plan::diff(&prev, &replan.assignments)
+    );
     big.bench_function(
         "re-plan 10,000 nodes x 100,000 replicas after losing one node",
         |b| b.iter(|| plan(black_box(&s), black_box(&fewer), black_box(&prev))),

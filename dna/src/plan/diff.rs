@@ -63,3 +63,41 @@ pub fn diff(previous: &[Assignment], next: &[Assignment]) -> Diff {
     d.added += n.len() - j;
     d
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(role: &str, replica: u32, node: u64) -> Assignment {
+        Assignment {
+            role: role.to_owned(),
+            replica,
+            node: NodeId(node),
+            fallback: false,
+        }
+    }
+
+    #[test]
+    fn counts_kept_moved_added_removed_by_role_and_replica() {
+        let prev = [a("web", 0, 1), a("web", 1, 2), a("db", 0, 3), a("db", 1, 3)];
+        let next = [
+            a("db", 0, 3),
+            a("web", 1, 4),
+            a("web", 0, 1),
+            a("web", 2, 5),
+        ];
+        let d = diff(&prev, &next);
+        assert_eq!(
+            d,
+            Diff {
+                kept: 2,
+                moved: 1,
+                added: 1,
+                removed: 1
+            }
+        );
+        assert_eq!(d.disrupted(), 2);
+        assert_eq!(diff(&[], &next).added, 4);
+        assert_eq!(diff(&prev, &[]).removed, 4);
+    }
+}

@@ -283,3 +283,112 @@ pub(crate) fn resolve_roles(spec: &ColonySpec) -> Roles<'_> {
         by_rank,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use swarm_core::Capabilities;
+    use swarm_core::spec::{Strategy, Workload};
+
+    fn record(id: u64, cpu: u32, arch: &str) -> NodeRecord {
+        NodeRecord {
+            node: NodeId(id),
+            caps: Capabilities {
+                cpu_millis: cpu,
+                arch: arch.to_owned(),
+                ..Capabilities::default()
+            },
+        }
+    }
+
+    fn role(name: &str, anti: &[&str], priority: i32) -> RoleSpec {
+        RoleSpec {
+            name: name.to_owned(),
+            count: Count::Replicas(2),
+            needs: Needs::default(),
+            fallback: None,
+            strategy: Strategy::Spread,
+            affinity: vec![],
+            anti_affinity: anti.iter().map(|s| (*s).to_owned()).collect(),
+            priority,
+            depends_on: vec![],
+            workload: Workload::default(),
+        }
+    }
+
+    #[test]
+    fn utilisation_is_the_fullest_dimension_in_ppm() {
+        let cap = [4000, 8192, 0, 2];
+        assert_eq!(
+            util_after(&cap, &[1000, 0, 0, 0], &[1000, 2048, 0, 0]),
+            500_000
+        );
+        assert_eq!(util_after(&cap, &[0; DIMS], &[0, 0, 0, 1]), 500_000);
+        // A dimension the node lacks does not count; no overflow at the extremes.
+        assert_eq!(util_after(&[0; DIMS], &[0; DIMS], &[5, 5, 5, 5]), 0);
+        assert_eq!(
+            util_after(&[1, 1, 1, 1], &[u64::MAX; DIMS], &[u64::MAX; DIMS]),
+            u64::MAX
+        );
+    }
+
+    #[test]
+    fn fits_saturates_instead_of_overflowing() {
+        assert!(fits(&[10; DIMS], &[5; DIMS], &[5; DIMS]));
+        assert!(!fits(&[10; DIMS], &[5, 5, 5, 6], &[5; DIMS]));
+        assert!(!fits(&[u64::MAX - 1; DIMS], &[u64::MAX; DIMS], &[1; DIMS]));
+    }
+
+    #[test]
+    fn nodes_are_sorted_and_the_first_duplicate_wins() {
+        let input = [record(3, 1, "a"), record(1, 2, "a"), record(3, 3, "a")];
+        let nodes = resolve_nodes(&input);
+        let seen: Vec<(u64, u64)> = nodes.iter().map(|n| (n.id.0, n.cap[0])).collect();
+        assert_eq!(seen, vec![(1, 2), (3, 1)]);
+        assert_eq!(node_index(&nodes, NodeId(3)), Some(1));
+        assert_eq!(node_index(&nodes, NodeId(2)), None);
+    }
+
+    #[test]
+    fn roles_get_symmetric_conflicts_ranks_and_priority_order() {
+        let spec = ColonySpec {
+            name: "c".to_owned(),
+            roles: vec![
+                role("web", &["db", "ghost"], 0),
+                role("db", &["db"], 5),
+                role("web", &[], 9), // duplicate: ignored
+                role("cache", &[], 5),
+            ],
+        };
+        let roles = resolve_roles(&spec);
+        assert_eq!(roles.list.len(), 3);
+        assert_eq!(roles.list[0].conflicts, vec![1]); // web: db (ghost ignored)
+        assert_eq!(roles.list[1].conflicts, vec![0, 1]); // db: web (symmetric), itself
+        assert!(roles.list[2].conflicts.is_empty());
+        // db and cache tie on priority 5: declaration order; web last.
+        assert_eq!(roles.order, vec![1, 2, 0]);
+        // Output ranks follow names: cache, db, web.
+        assert_eq!(roles.by_rank, vec![2, 1, 0]);
+        assert_eq!(roles.list[0].rank, 2);
+    }
+
+    #[test]
+    fn explanations_name_the_first_missing_thing() {
+        let input = [record(1, 2000, "x86_64"), record(2, 4000, "x86_64")];
+        let nodes = resolve_nodes(&input);
+        let mut needs = Needs {
+            cpu_millis: 8000,
+            ..Needs::default()
+        };
+        assert_eq!(
+            explain_no_match(&needs, &nodes),
+            "needs 8000 mCPU; largest node has 4000"
+        );
+        needs.arch = vec!["aarch64".to_owned(), "riscv64".to_owned()];
+        assert_eq!(
+            explain_no_match(&needs, &nodes),
+            "needs arch aarch64 or riscv64; nodes have x86_64"
+        );
+        assert_eq!(explain_no_match(&needs, &[]), "there are no nodes");
+    }
+}
