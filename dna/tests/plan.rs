@@ -266,6 +266,21 @@ fn properties(
 
 #[test]
 fn random_plans_are_valid_deterministic_and_stable() {
+    // How often each outcome showed up, so the sweep provably exercises every path.
+    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut tally = |p: &Plan| {
+        *seen.entry("assigned").or_default() += p.assignments.len();
+        *seen.entry("fallback").or_default() += p.assignments.iter().filter(|a| a.fallback).count();
+        for u in &p.unplaced {
+            let k = match u.reason {
+                UnplacedReason::NoMatchingNode { .. } => "no matching node",
+                UnplacedReason::Capacity { .. } => "capacity",
+                UnplacedReason::AntiAffinity { .. } => "anti-affinity",
+                UnplacedReason::Preempted { .. } => "preempted",
+            };
+            *seen.entry(k).or_default() += 1;
+        }
+    };
     for seed in 0..400u64 {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let spec = random_spec(&mut rng);
@@ -284,18 +299,21 @@ fn random_plans_are_valid_deterministic_and_stable() {
             &p0.assignments,
             &format!("seed {seed} churn"),
         );
+        tally(&p0);
+        tally(&p1);
         let spec2 = if rng.random_bool(0.5) {
             random_spec(&mut rng)
         } else {
             spec.clone()
         };
-        properties(
+        let p2 = properties(
             &mut rng,
             &spec2,
             &nodes,
             &p1.assignments,
             &format!("seed {seed} respec"),
         );
+        tally(&p2);
 
         // Garbage previous (unknown roles and nodes, duplicates, infeasible spots).
         let garbage: Vec<Assignment> = (0..rng.random_range(0..40))
@@ -316,6 +334,20 @@ fn random_plans_are_valid_deterministic_and_stable() {
             &nodes,
             &garbage,
             &format!("seed {seed} garbage"),
+        );
+    }
+    eprintln!("outcomes over 400 seeds: {seen:?}");
+    for k in [
+        "assigned",
+        "fallback",
+        "no matching node",
+        "capacity",
+        "anti-affinity",
+        "preempted",
+    ] {
+        assert!(
+            seen.get(k).copied().unwrap_or(0) > 0,
+            "no {k} outcome in the sweep"
         );
     }
 }

@@ -48,6 +48,10 @@ struct Pending {
 /// A heap entry: score (smaller is better), node index (ties by id), node version.
 type Entry = Reverse<((u64, u64, u64), u32, u32)>;
 
+/// The heaps of one role's turn, by kind: place with needs, place with fallback, preempt with
+/// needs, preempt with fallback. Built on first use.
+type Heaps = [Option<BinaryHeap<Entry>>; 4];
+
 struct Planner<'a> {
     nodes: Vec<Node<'a>>,
     roles: Roles<'a>,
@@ -319,18 +323,28 @@ impl<'a> Planner<'a> {
         }
     }
 
-    fn entry(&self, n: usize, r: u32, fallback: bool) -> Option<Entry> {
-        if !self.feasible(n, r, fallback) {
-            return None;
-        }
-        let (_, res) = self.roles.list[r as usize].mode(fallback)?;
+    /// The heap entry of node `n` for role `r`, or `None` if the node is out of the running.
+    /// `kind`: 0/1 place with needs/fallback (score by strategy), 2/3 preempt with
+    /// needs/fallback (score by eviction cost).
+    fn entry(&self, n: usize, r: u32, kind: usize) -> Option<Entry> {
+        let fallback = kind % 2 == 1;
         let idx = u32::try_from(n).ok()?;
-        Some(Reverse((self.score(n, r, &res), idx, self.ns[n].version)))
+        let key = if kind < 2 {
+            if !self.feasible(n, r, fallback) {
+                return None;
+            }
+            let (_, res) = self.roles.list[r as usize].mode(fallback)?;
+            self.score(n, r, &res)
+        } else {
+            let (top, count) = self.eviction_cost(n, r, fallback)?;
+            (top, count, 0)
+        };
+        Some(Reverse((key, idx, self.ns[n].version)))
     }
 
-    fn build_heap(&self, r: u32, fallback: bool) -> BinaryHeap<Entry> {
+    fn build_heap(&self, r: u32, kind: usize) -> BinaryHeap<Entry> {
         let v: Vec<Entry> = (0..self.nodes.len())
-            .filter_map(|n| self.entry(n, r, fallback))
+            .filter_map(|n| self.entry(n, r, kind))
             .collect();
         BinaryHeap::from(v)
     }
@@ -345,11 +359,12 @@ impl<'a> Planner<'a> {
         None
     }
 
-    /// Re-score node `n` into the heaps built so far, after it changed.
-    fn refresh(&self, heaps: &mut [Option<BinaryHeap<Entry>>; 2], r: u32, n: usize) {
-        for (mode, heap) in heaps.iter_mut().enumerate() {
+    /// Re-score node `n` into the heaps built so far, after it changed. Its older entries
+    /// carry an older version and are skipped when popped.
+    fn refresh(&self, heaps: &mut Heaps, r: u32, n: usize) {
+        for (kind, heap) in heaps.iter_mut().enumerate() {
             if let Some(h) = heap {
-                if let Some(e) = self.entry(n, r, mode == 1) {
+                if let Some(e) = self.entry(n, r, kind) {
                     h.push(e);
                 }
             }
@@ -360,7 +375,7 @@ impl<'a> Planner<'a> {
     fn place_role(&mut self, r: u32, pending: Vec<Pending>, preempt: bool) {
         let ri = r as usize;
         let has_fallback = self.roles.list[ri].fallback.is_some();
-        let mut heaps: [Option<BinaryHeap<Entry>>; 2] = [None, None];
+        let mut heaps: Heaps = Default::default();
         let mut stuck = false;
         for p in pending {
             if stuck {
@@ -377,7 +392,7 @@ impl<'a> Planner<'a> {
                     None => {
                         let i = usize::from(fb);
                         if heaps[i].is_none() {
-                            heaps[i] = Some(self.build_heap(r, fb));
+                            heaps[i] = Some(self.build_heap(r, i));
                         }
                         heaps[i].as_mut().and_then(|h| self.pop_best(h))
                     }
@@ -393,7 +408,7 @@ impl<'a> Planner<'a> {
                 continue;
             }
             if preempt {
-                if let Some((n, fb, victims)) = self.find_preemption(r, p.node) {
+                if let Some((n, fb, victims)) = self.find_preemption(&mut heaps, r, p.node) {
                     self.evict(n, victims);
                     self.add(n, r, p.replica, fb);
                     self.refresh(&mut heaps, r, n);
@@ -408,42 +423,54 @@ impl<'a> Planner<'a> {
         }
     }
 
+    /// The cost of making room for one replica of `r` on `n` by eviction: (rank of the highest
+    /// victim priority, number of victims), or `None` if the node cannot be freed.
+    fn eviction_cost(&self, n: usize, r: u32, fallback: bool) -> Option<(u64, u64)> {
+        let (needs, res) = self.roles.list[r as usize].mode(fallback)?;
+        if !matches(needs, &res, &self.nodes[n]) {
+            return None;
+        }
+        let victims = self.victims_on(n, r, &res, self.prio(r))?;
+        let top = victims
+            .iter()
+            .map(|&si| self.prio(self.ns[n].slots[si].role))
+            .max()
+            .unwrap_or(i32::MIN);
+        let rank = u64::try_from(i64::from(top) - i64::from(i32::MIN)).unwrap_or(0);
+        Some((rank, u64::try_from(victims.len()).unwrap_or(u64::MAX)))
+    }
+
     /// The cheapest node on which evicting replicas of strictly lower priority makes room for
-    /// one replica of `r`: fewest high-priority victims first, then fewest victims, then id.
-    fn find_preemption(&self, r: u32, only: Option<usize>) -> Option<(usize, bool, Vec<usize>)> {
+    /// one replica of `r` (bound to `only` if global): lowest highest-victim priority first,
+    /// then fewest victims, then node id. Needs before fallback. Returns the victims' slots.
+    fn find_preemption(
+        &self,
+        heaps: &mut Heaps,
+        r: u32,
+        only: Option<usize>,
+    ) -> Option<(usize, bool, Vec<usize>)> {
         let p = self.prio(r);
         let any_lower = (0..self.roles.list.len())
             .any(|x| self.placed[x] > 0 && self.roles.list[x].priority() < p);
         if !any_lower {
             return None;
         }
-        let range = match only {
-            Some(n) => n..n.saturating_add(1).min(self.nodes.len()),
-            None => 0..self.nodes.len(),
-        };
         for fb in [false, true] {
-            let Some((needs, res)) = self.roles.list[r as usize].mode(fb) else {
+            let Some((_, res)) = self.roles.list[r as usize].mode(fb) else {
                 continue;
             };
-            let mut best: Option<((i32, usize, usize), Vec<usize>)> = None;
-            for n in range.clone() {
-                if !matches(needs, &res, &self.nodes[n]) {
-                    continue;
+            let chosen = match only {
+                Some(n) => self.eviction_cost(n, r, fb).map(|_| n),
+                None => {
+                    let i = 2 + usize::from(fb);
+                    if heaps[i].is_none() {
+                        heaps[i] = Some(self.build_heap(r, i));
+                    }
+                    heaps[i].as_mut().and_then(|h| self.pop_best(h))
                 }
-                let Some(victims) = self.victims_on(n, r, &res, p) else {
-                    continue;
-                };
-                let top = victims
-                    .iter()
-                    .map(|&si| self.prio(self.ns[n].slots[si].role))
-                    .max()
-                    .unwrap_or(i32::MIN);
-                let key = (top, victims.len(), n);
-                if best.as_ref().is_none_or(|(k, _)| key < *k) {
-                    best = Some((key, victims));
-                }
-            }
-            if let Some(((_, _, n), victims)) = best {
+            };
+            if let Some(n) = chosen {
+                let victims = self.victims_on(n, r, &res, p)?;
                 return Some((n, fb, victims));
             }
         }
