@@ -104,7 +104,8 @@ fn bench(c: &mut Criterion) {
     let fewer: Vec<NodeRecord> = n.iter().filter(|r| r.node != NodeId(37)).cloned().collect();
     let replan = plan(&s, &fewer, &prev);
     eprintln!(
-        "10k after losing node 37: {:?}",
+        "10k after losing node 37 (which ran {}): {:?}",
+        prev.iter().filter(|a| a.node == NodeId(37)).count(),
         dna::plan::diff(&prev, &replan.assignments)
     );
     big.bench_function(
@@ -112,6 +113,38 @@ fn bench(c: &mut Criterion) {
         |b| b.iter(|| plan(black_box(&s), black_box(&fewer), black_box(&prev))),
     );
     big.finish();
+
+    // 1,000 full nodes of priority-0 replicas; 1,000 priority-10 replicas arrive, each evicting two.
+    let mut pre = c.benchmark_group("plan/preempt");
+    pre.sample_size(10);
+    let n = nodes(1000);
+    let mut low = spec(1, 16_000);
+    low.roles[0].needs = Needs {
+        cpu_millis: 1000,
+        memory_mib: 256,
+        ..Needs::default()
+    };
+    low.roles[0].name = "low".to_owned();
+    let prev = plan(&low, &n, &[]).assignments;
+    let mut high = low.roles[0].clone();
+    high.name = "high".to_owned();
+    high.priority = 10;
+    high.count = Count::Replicas(1000);
+    high.needs.cpu_millis = 2000;
+    let mut both = low.clone();
+    both.roles.push(high);
+    let p = plan(&both, &n, &prev);
+    eprintln!(
+        "preempt: {} assigned, {} unplaced, {:?}",
+        p.assignments.len(),
+        p.unplaced.len(),
+        dna::plan::diff(&prev, &p.assignments)
+    );
+    pre.bench_function(
+        "1,000 full nodes, 1,000 high-priority replicas arrive",
+        |b| b.iter(|| plan(black_box(&both), black_box(&n), black_box(&prev))),
+    );
+    pre.finish();
 }
 
 criterion_group!(benches, bench);

@@ -780,6 +780,36 @@ fn preemption_prefers_evicting_the_lowest_priority_and_replaces_the_evicted() {
 }
 
 #[test]
+fn preemption_spreads_a_spread_role_and_evicts_only_what_it_needs() {
+    // 20 full nodes of priority-0 replicas; 10 priority-10 replicas of 2 cores arrive.
+    let nodes = uniform_nodes(20, 4000, 8192);
+    let low = role("low", 80, 1000, 256);
+    let p0 = plan(&colony(vec![low.clone()]), &nodes, &[]);
+    assert!(p0.unplaced.is_empty());
+    let mut high = role("high", 10, 2000, 256);
+    high.priority = 10;
+    let spec = colony(vec![low, high]);
+    let p1 = plan(&spec, &nodes, &p0.assignments);
+    valid(&spec, &nodes, &p1, "preempt at scale");
+    let mut high_nodes: Vec<NodeId> = p1
+        .assignments
+        .iter()
+        .filter(|a| a.role == "high")
+        .map(|a| a.node)
+        .collect();
+    high_nodes.dedup();
+    assert_eq!(high_nodes, (1..=10).map(NodeId).collect::<Vec<_>>());
+    let d = diff(&p0.assignments, &p1.assignments);
+    assert_eq!((d.kept, d.moved, d.added, d.removed), (60, 0, 10, 20));
+    assert_eq!(p1.unplaced.len(), 20);
+    assert!(
+        p1.unplaced
+            .iter()
+            .all(|u| u.role == "low" && matches!(u.reason, UnplacedReason::Preempted { .. }))
+    );
+}
+
+#[test]
 fn preemption_never_evicts_equal_or_higher_priority() {
     let nodes = uniform_nodes(1, 2000, 4096);
     let mut a = role("a", 1, 2000, 256);

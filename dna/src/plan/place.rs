@@ -337,7 +337,13 @@ impl<'a> Planner<'a> {
             self.score(n, r, &res)
         } else {
             let (top, count) = self.eviction_cost(n, r, fallback)?;
-            (top, count, 0)
+            // Among equal costs, the role's strategy: spread over nodes, or pack together.
+            let mine = u64::from(self.count(n, r));
+            let tie = match self.roles.list[r as usize].spec.strategy {
+                Strategy::Spread => mine,
+                Strategy::Pack => u64::MAX - mine,
+            };
+            (top, count, tie)
         };
         Some(Reverse((key, idx, self.ns[n].version)))
     }
@@ -442,7 +448,7 @@ impl<'a> Planner<'a> {
 
     /// The cheapest node on which evicting replicas of strictly lower priority makes room for
     /// one replica of `r` (bound to `only` if global): lowest highest-victim priority first,
-    /// then fewest victims, then node id. Needs before fallback. Returns the victims' slots.
+    /// then fewest victims, then fewest (spread) or most (pack) replicas of `r`, then node id. Needs before fallback. Returns the victims' slots.
     fn find_preemption(
         &self,
         heaps: &mut Heaps,
