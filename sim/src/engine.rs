@@ -620,20 +620,30 @@ impl Sim {
                 }),
             }
         }
-        // Time to assignment: the first plan of this queen covering every running node.
-        let covered = self.nodes.iter().all(|sn| {
-            sn.node.is_none() || state.nodes.binary_search_by_key(&sn.id, |r| r.node).is_ok()
-        });
-        if covered {
-            let now = secs(self.now);
-            if let Some(q) = self
-                .queens
-                .iter_mut()
-                .rev()
-                .find(|q| q.node == i && q.term == version.term && q.roles_assigned_s.is_none())
-            {
-                q.roles_assigned_s = Some(now - q.crowned_s);
-            }
+        // Time to assignment: the first plan of this queen that assigns as many replicas as a
+        // fresh plan over every running node's real capabilities could.
+        let now = secs(self.now);
+        let Some(q) = self
+            .queens
+            .iter()
+            .rposition(|q| q.node == i && q.term == version.term && q.roles_assigned_s.is_none())
+        else {
+            return;
+        };
+        let mut running: Vec<swarm_core::spec::NodeRecord> = self
+            .nodes
+            .iter()
+            .filter(|sn| sn.node.is_some())
+            .map(|sn| swarm_core::spec::NodeRecord {
+                node: sn.id,
+                caps: sn.cfg.caps.clone(),
+            })
+            .collect();
+        running.sort_by_key(|r| r.node);
+        let placeable = dna::plan::plan(spec, &running, &[]).assignments.len();
+        if state.assignments.len() >= placeable {
+            let q = &mut self.queens[q];
+            q.roles_assigned_s = Some(now - q.crowned_s);
         }
     }
 
