@@ -7,6 +7,7 @@
 //! import ([`compose`]) and the `spec` / `caps` commands ([`commands`]).
 
 pub mod caps;
+pub mod commands;
 pub mod compose;
 pub mod yaml_pos;
 
