@@ -451,6 +451,9 @@ pub fn convert(text: &str, file: &str, options: &Options) -> Result<Converted, C
         roles.insert(name, role);
     }
 
+    // File order; warnings without a position (keys that came through a merge) go last.
+    cx.warnings
+        .sort_by_key(|w| w.pos.unwrap_or((usize::MAX, usize::MAX)));
     let spec_yaml =
         serde_norway::to_string(&SpecOut { colony, roles }).map_err(|e| ComposeError::Emit {
             file: file.to_owned(),
@@ -568,7 +571,7 @@ fn convert_service(
                     "privileged" | "cap_add" | "cap_drop" => {
                         format!("{other} is not supported: replicas run unprivileged")
                     }
-                    "links" | "external_links" => {
+                    "links" | "external_links" | "expose" => {
                         format!("{other} is not needed: roles reach each other by name")
                     }
                     x if x.starts_with("x-") => format!("extension `{x}` ignored"),
@@ -671,39 +674,49 @@ fn environment(
     v: &Value,
 ) -> IndexMap<String, String> {
     let mut env = IndexMap::new();
-    let mut add = |cx: &mut Cx<'_>, key: String, value: Option<String>| match value {
-        Some(value) => {
-            if value.contains("${") {
-                cx.warn(
-                    path,
-                    s,
-                    format!("environment {key} uses ${{...}} interpolation, which is not expanded"),
-                );
+    let mut add = |cx: &mut Cx<'_>, at: &str, key: String, value: Option<String>| {
+        let at = [path, &[at]].concat();
+        match value {
+            Some(value) => {
+                if value.contains("${") {
+                    cx.warn(
+                        &at,
+                        s,
+                        format!(
+                            "environment {key} uses ${{...}} interpolation, which is not expanded"
+                        ),
+                    );
+                }
+                env.insert(key, value);
             }
-            env.insert(key, value);
+            None => cx.warn(
+                &at,
+                s,
+                format!("environment {key} has no value (taken from the host by Compose); dropped"),
+            ),
         }
-        None => cx.warn(
-            path,
-            s,
-            format!("environment {key} has no value (taken from the host by Compose); dropped"),
-        ),
     };
     match v {
         Value::Mapping(m) => {
             for (k, val) in m {
-                let value = scalar(val);
-                add(cx, key_str(k), value);
+                let key = key_str(k);
+                add(cx, &key.clone(), key, scalar(val));
             }
         }
         Value::Sequence(items) => {
-            for item in items {
+            for (i, item) in items.iter().enumerate() {
+                let idx = i.to_string();
                 let Some(entry) = scalar(item) else {
-                    cx.warn(path, s, "an environment entry is not a string; dropped");
+                    cx.warn(
+                        &[path, &[idx.as_str()]].concat(),
+                        s,
+                        "an environment entry is not a string; dropped",
+                    );
                     continue;
                 };
                 match entry.split_once('=') {
-                    Some((k, val)) => add(cx, k.to_owned(), Some(val.to_owned())),
-                    None => add(cx, entry, None),
+                    Some((k, val)) => add(cx, &idx, k.to_owned(), Some(val.to_owned())),
+                    None => add(cx, &idx, entry, None),
                 }
             }
         }
@@ -1150,9 +1163,14 @@ fn depends_on(
     v: &Value,
     services: &[String],
 ) -> Vec<String> {
-    let names: Vec<String> = match v {
-        Value::Sequence(items) => items.iter().filter_map(scalar).collect(),
-        Value::Mapping(m) => m.keys().map(key_str).collect(),
+    // (name, key of its entry under depends_on: the list index or the name itself)
+    let names: Vec<(String, String)> = match v {
+        Value::Sequence(items) => items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, item)| Some((scalar(item)?, i.to_string())))
+            .collect(),
+        Value::Mapping(m) => m.keys().map(|k| (key_str(k), key_str(k))).collect(),
         Value::Null => Vec::new(),
         _ => {
             cx.warn(path, s, "`depends_on` must be a list or a mapping; ignored");
@@ -1160,12 +1178,12 @@ fn depends_on(
         }
     };
     let mut out = Vec::new();
-    for name in names {
+    for (name, at) in names {
         if services.contains(&name) {
             out.push(name);
         } else {
             cx.warn(
-                path,
+                &[path, &[at.as_str()]].concat(),
                 s,
                 format!("depends on unknown service {name}; dropped"),
             );
@@ -1293,14 +1311,16 @@ fn devices(cx: &mut Cx<'_>, path: &[&str], s: Option<&str>, v: &Value) -> u32 {
         return 0;
     };
     let mut gpus = 0u32;
-    for item in items {
+    for (i, item) in items.iter().enumerate() {
+        let idx = i.to_string();
+        let item_path = [path, &[idx.as_str()]].concat();
         let text = scalar(item).unwrap_or_default();
         let host = text.split(':').next().unwrap_or_default();
         match host.strip_prefix("/dev/nvidia") {
             Some(n) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => gpus += 1,
             Some(_) => {}
             None => cx.warn(
-                path,
+                &item_path,
                 s,
                 format!("device {text:?} is not supported (only GPUs are); dropped"),
             ),

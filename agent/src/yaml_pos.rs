@@ -8,8 +8,8 @@
 use saphyr_parser::{Event, Parser};
 use std::collections::HashMap;
 
-/// 1-based line and column of every mapping key, by its path from the document root.
-/// Sequence items appear in paths as their index.
+/// 1-based line and column of every mapping key and sequence item, by its path from the
+/// document root. Sequence items appear in paths as their index.
 #[derive(Clone, Debug, Default)]
 pub struct KeyPositions {
     keys: HashMap<Vec<String>, (usize, usize)>,
@@ -36,6 +36,19 @@ impl KeyPositions {
         for item in Parser::new_from_str(text) {
             let Ok((event, span)) = item else { break };
             let at = (span.start.line(), span.start.col() + 1);
+            if let Some(Frame::Sequence { path, index }) = stack.last() {
+                if matches!(
+                    event,
+                    Event::Scalar(..)
+                        | Event::Alias(_)
+                        | Event::MappingStart(..)
+                        | Event::SequenceStart(..)
+                ) {
+                    let mut full = path.clone();
+                    full.push(index.to_string());
+                    keys.entry(full).or_insert(at);
+                }
+            }
             match event {
                 Event::DocumentEnd => break,
                 Event::Scalar(value, ..) => {
@@ -138,6 +151,8 @@ mod tests {
             pos.get(&["services", "db", "volumes", "0", "source"]),
             Some((9, 9))
         );
+        assert_eq!(pos.get(&["services", "web", "ports", "0"]), Some((4, 13)));
+        assert_eq!(pos.get(&["services", "db", "volumes", "0"]), Some((8, 9)));
         assert_eq!(pos.get(&["services", "nope"]), None);
     }
 
