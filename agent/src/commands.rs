@@ -112,7 +112,7 @@ pub fn spec_check(spec: &Path, nodes: Option<&Path>) -> Result<Output, CommandEr
     let (doc, records) = load(spec, nodes)?;
     let mut line = summary(doc.spec());
     if nodes.is_some() {
-        let _ = write!(line, "; fits {}", plural(records.len(), "node"));
+        let _ = write!(line, "; checked against {}", plural(records.len(), "node"));
     }
     line.push('\n');
     Ok(Output::stdout(line))
