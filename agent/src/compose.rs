@@ -495,6 +495,9 @@ pub fn default_colony_name(file: &str) -> String {
     }
 }
 
+/// What a service's keys say that is only settled once all keys are seen (precedence between
+/// `deploy` and the service-level shorthands, the placeholder image, GPU totals).
+///
 /// Compose's default restart (`no`) is not copied: a colony restarts replicas unless told
 /// otherwise, which is what people moving a stack to a cluster expect.
 #[derive(Default)]
@@ -1237,25 +1240,21 @@ fn gpu_count(cx: &mut Cx<'_>, path: &[&str], s: Option<&str>, m: &Mapping) -> u3
     if let Some(ids) = m.get("device_ids").and_then(Value::as_sequence) {
         return u32::try_from(ids.len()).unwrap_or(u32::MAX);
     }
-    match m.get("count") {
-        Some(v) if v.as_u64().is_some() => v
-            .as_u64()
-            .and_then(|n| u32::try_from(n).ok())
-            .unwrap_or(u32::MAX),
-        Some(v) if scalar(v).as_deref() != Some("all") => {
-            cx.warn(path, s, "GPU count is neither a number nor `all`; using 1");
-            1
-        }
-        // `count: all` or no count (Compose's default is all).
-        _ => {
-            cx.warn(
-                path,
-                s,
-                "GPU count `all` has no fixed number on a colony; asking for 1 GPU",
-            );
-            1
-        }
+    let count = m.get("count");
+    if let Some(n) = count.and_then(Value::as_u64) {
+        return u32::try_from(n).unwrap_or(u32::MAX);
     }
+    // `count: all`, or no count at all (Compose's default is all).
+    if count.is_none_or(|v| scalar(v).as_deref() == Some("all")) {
+        cx.warn(
+            path,
+            s,
+            "GPU count `all` has no fixed number on a colony; asking for 1 GPU",
+        );
+    } else {
+        cx.warn(path, s, "GPU count is neither a number nor `all`; using 1");
+    }
+    1
 }
 
 fn is_gpu_request(m: &Mapping) -> bool {
@@ -1626,5 +1625,53 @@ mod tests {
             out.warnings[0].to_string(),
             "c.yaml:1:1: warning: extension `x-common` ignored (anchors it defines still apply)"
         );
+    }
+
+    #[test]
+    fn gpu_requests_in_all_their_forms() {
+        let out = convert_ok(
+            "services:\n  a:\n    image: x\n    gpus: all\n  b:\n    image: x\n    deploy:\n      resources:\n        reservations:\n          devices:\n            - {driver: nvidia, device_ids: ['0', '1'], capabilities: [gpu]}\n            - {capabilities: [tpu]}\n  c:\n    image: x\n    devices: [/dev/nvidia0, /dev/nvidiactl, /dev/nvidia1, /dev/dri]\n  d:\n    image: x\n    gpus: [{driver: nvidia, count: 3}]\n",
+        );
+        let spec: Value = serde_norway::from_str(&out.spec_yaml).unwrap();
+        let gpus = |role: &str| spec["roles"][role]["needs"]["gpus"].as_u64();
+        assert_eq!(gpus("a"), Some(1));
+        assert_eq!(gpus("b"), Some(2));
+        assert_eq!(gpus("c"), Some(2));
+        assert_eq!(gpus("d"), Some(3));
+        assert_eq!(spec["roles"]["d"]["workload"]["gpus"].as_u64(), Some(3));
+        let text: Vec<String> = out.warnings.iter().map(ToString::to_string).collect();
+        assert_eq!(text.len(), 3, "{text:#?}");
+        assert!(
+            text[0].starts_with("c.yaml:4:5: warning: service a: gpus: all"),
+            "{text:#?}"
+        );
+        assert!(
+            text[1].starts_with(
+                "c.yaml:12:15: warning: service b: device reservations other than GPUs"
+            ),
+            "{text:#?}"
+        );
+        assert!(text[2].contains("/dev/dri"), "{text:#?}");
+    }
+
+    #[test]
+    fn global_mode_restart_and_precedence() {
+        let out = convert_ok(
+            "services:\n  a:\n    image: x\n    scale: 4\n    restart: \"no\"\n    deploy: {mode: global, replicas: 2, restart_policy: {condition: any}}\n  b:\n    image: x\n    scale: 4\n    restart: on-failure:2\n    mem_limit: 1.5g\n    cpus: 0.75\n",
+        );
+        let spec: Value = serde_norway::from_str(&out.spec_yaml).unwrap();
+        let a = &spec["roles"]["a"];
+        assert_eq!(a["mode"].as_str(), Some("global"));
+        assert!(a.get("replicas").is_none());
+        assert_eq!(a["workload"]["restart"].as_str(), Some("always"));
+        let b = &spec["roles"]["b"];
+        assert_eq!(b["replicas"].as_u64(), Some(4));
+        assert_eq!(
+            b["workload"]["restart"]["on-failure"]["max-retries"].as_u64(),
+            Some(2)
+        );
+        assert_eq!(b["workload"]["limits"]["memory"].as_str(), Some("1536Mi"));
+        assert_eq!(b["workload"]["limits"]["cpu"].as_str(), Some("750m"));
+        assert_eq!(out.warnings.len(), 1, "{:?}", out.warnings);
     }
 }
