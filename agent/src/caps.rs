@@ -6,6 +6,7 @@
 //! directory, the data directory, the `nvidia-smi` binary) comes from [`DetectEnv`], so tests can
 //! point it at a fake root.
 
+use crate::yaml_pos::KeyPositions;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -142,7 +143,7 @@ pub fn free_disk(data_dir: &Path) -> u64 {
         .map_or(0, sysinfo::Disk::available_space)
 }
 
-/// The operator's capability config file.
+/// The operator's capability config file, with quantities converted.
 ///
 /// ```yaml
 /// labels: {zone: a}
@@ -152,31 +153,47 @@ pub fn free_disk(data_dir: &Path) -> u64 {
 /// gpus: 1
 /// reserve: {cpu: 500m, memory: 1Gi}   # kept for the host itself
 /// ```
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CapsConfig {
-    #[serde(default)]
     pub labels: BTreeMap<String, String>,
-    #[serde(default, deserialize_with = "de_cpu")]
+    /// Millicores.
     pub cpu: Option<u32>,
-    #[serde(default, deserialize_with = "de_mib")]
+    /// MiB.
     pub memory: Option<u64>,
-    #[serde(default, deserialize_with = "de_mib")]
+    /// MiB.
     pub disk: Option<u64>,
-    #[serde(default)]
     pub gpus: Option<u16>,
-    #[serde(default)]
     pub reserve: Reserve,
 }
 
 /// Resources subtracted from what the node offers, for the host's own processes.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Reserve {
-    #[serde(default, deserialize_with = "de_cpu")]
+    /// Millicores.
     pub cpu: Option<u32>,
-    #[serde(default, deserialize_with = "de_mib")]
+    /// MiB.
     pub memory: Option<u64>,
+}
+
+/// The file as written; quantities stay text until [`parse_config`] converts them.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    cpu: Option<RawQuantity>,
+    memory: Option<RawQuantity>,
+    disk: Option<RawQuantity>,
+    gpus: Option<u16>,
+    #[serde(default)]
+    reserve: RawReserve,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawReserve {
+    cpu: Option<RawQuantity>,
+    memory: Option<RawQuantity>,
 }
 
 /// A quantity as written in YAML: `2`, `0.5` or `"500m"`.
@@ -189,28 +206,13 @@ enum RawQuantity {
 }
 
 impl RawQuantity {
-    fn text(self) -> String {
+    fn text(&self) -> String {
         match self {
             RawQuantity::Int(n) => n.to_string(),
             RawQuantity::Float(f) => f.to_string(),
-            RawQuantity::Text(s) => s,
+            RawQuantity::Text(s) => s.clone(),
         }
     }
-}
-
-// The quantity checks run inside deserialization so serde_norway attaches the value's position.
-fn de_cpu<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
-    let raw = RawQuantity::deserialize(d)?.text();
-    dna::spec::quantity::cpu_millis(&raw)
-        .map(Some)
-        .map_err(serde::de::Error::custom)
-}
-
-fn de_mib<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    let raw = RawQuantity::deserialize(d)?.text();
-    dna::spec::quantity::mib(&raw)
-        .map(Some)
-        .map_err(serde::de::Error::custom)
 }
 
 /// A capability config file that could not be read or understood.
@@ -235,7 +237,7 @@ pub fn parse_config(text: &str, file: &str) -> Result<CapsConfig, ConfigError> {
     if text.trim().is_empty() {
         return Ok(CapsConfig::default());
     }
-    serde_norway::from_str(text).map_err(|e| {
+    let raw: RawConfig = serde_norway::from_str(text).map_err(|e| {
         let (line, col) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
         ConfigError::Invalid {
             file: file.to_owned(),
@@ -243,6 +245,36 @@ pub fn parse_config(text: &str, file: &str) -> Result<CapsConfig, ConfigError> {
             col,
             message: strip_location(&e.to_string()),
         }
+    })?;
+    // serde_norway gives no position for errors raised after a value is read, so quantity
+    // errors are placed with the key index instead.
+    let positions = KeyPositions::index(text);
+    let quantity =
+        |q: &Option<RawQuantity>, path: &[&str], parse: &dyn Fn(&str) -> Result<u64, String>| {
+            let Some(q) = q else { return Ok(None) };
+            parse(&q.text()).map(Some).map_err(|message| {
+                let (line, col) = positions.get(path).unwrap_or((1, 1));
+                ConfigError::Invalid {
+                    file: file.to_owned(),
+                    line,
+                    col,
+                    message: format!("{}: {message}", path.join(".")),
+                }
+            })
+        };
+    let cpu = |s: &str| dna::spec::quantity::cpu_millis(s).map(u64::from);
+    let mib = |s: &str| dna::spec::quantity::mib(s);
+    let millis = |v: Option<u64>| v.map(|m| u32::try_from(m).unwrap_or(u32::MAX));
+    Ok(CapsConfig {
+        cpu: millis(quantity(&raw.cpu, &["cpu"], &cpu)?),
+        memory: quantity(&raw.memory, &["memory"], &mib)?,
+        disk: quantity(&raw.disk, &["disk"], &mib)?,
+        gpus: raw.gpus,
+        reserve: Reserve {
+            cpu: millis(quantity(&raw.reserve.cpu, &["reserve", "cpu"], &cpu)?),
+            memory: quantity(&raw.reserve.memory, &["reserve", "memory"], &mib)?,
+        },
+        labels: raw.labels,
     })
 }
 
@@ -368,7 +400,10 @@ mod tests {
         assert_eq!(merged.memory_mib, 15 * 1024);
         assert_eq!(merged.disk_mib, 200 * 1024);
 
-        let err = parse_config("memory: lots\n", "c").unwrap_err();
-        assert!(err.to_string().starts_with("c:1:9: "), "{err}");
+        let err = parse_config("labels: {}\nreserve:\n  memory: lots\n", "c").unwrap_err();
+        assert!(
+            err.to_string().starts_with("c:3:3: reserve.memory: "),
+            "{err}"
+        );
     }
 }
