@@ -53,8 +53,21 @@ fn read(path: &Path) -> Result<(String, String), CommandError> {
     }
 }
 
+/// A parsed spec, the nodes it was checked against, and the template it names, if any.
+struct Loaded {
+    doc: SpecDoc,
+    nodes: Vec<NodeRecord>,
+    template: Option<String>,
+}
+
+/// The top-level `template:` of a spec that already parsed (`SpecDoc` does not keep it).
+fn template_name(text: &str) -> Option<String> {
+    let doc: serde_norway::Value = serde_norway::from_str(text).ok()?;
+    doc.get("template")?.as_str().map(str::to_owned)
+}
+
 /// Parse a spec and, when given, a nodes file, reporting the errors of both at once.
-fn load(spec: &Path, nodes: Option<&Path>) -> Result<(SpecDoc, Vec<NodeRecord>), CommandError> {
+fn load(spec: &Path, nodes: Option<&Path>) -> Result<Loaded, CommandError> {
     let (spec_text, spec_file) = read(spec)?;
     let nodes_text = nodes.map(read).transpose()?;
     let doc = dna::spec::parse(&spec_text, &spec_file);
@@ -67,7 +80,11 @@ fn load(spec: &Path, nodes: Option<&Path>) -> Result<(SpecDoc, Vec<NodeRecord>),
             if nodes.is_some() {
                 doc.check_nodes(&records)?;
             }
-            Ok((doc, records))
+            Ok(Loaded {
+                doc,
+                nodes: records,
+                template: template_name(&spec_text),
+            })
         }
         (Err(SpecErrors(mut a)), Err(SpecErrors(b))) => {
             a.extend(b);
@@ -109,10 +126,17 @@ pub fn summary(spec: &ColonySpec) -> String {
 
 /// `spec check FILE [--nodes NODES]`: one summary line, or every error.
 pub fn spec_check(spec: &Path, nodes: Option<&Path>) -> Result<Output, CommandError> {
-    let (doc, records) = load(spec, nodes)?;
-    let mut line = summary(doc.spec());
+    let loaded = load(spec, nodes)?;
+    let mut line = summary(loaded.doc.spec());
+    if let Some(template) = &loaded.template {
+        let _ = write!(line, " (template {template})");
+    }
     if nodes.is_some() {
-        let _ = write!(line, "; checked against {}", plural(records.len(), "node"));
+        let _ = write!(
+            line,
+            "; checked against {}",
+            plural(loaded.nodes.len(), "node")
+        );
     }
     line.push('\n');
     Ok(Output::stdout(line))
@@ -141,8 +165,8 @@ struct UnplacedJson<'a> {
 
 /// `spec plan FILE --nodes NODES [--json]`: where every replica goes, or why it cannot.
 pub fn spec_plan(spec: &Path, nodes: &Path, json: bool) -> Result<Output, CommandError> {
-    let (doc, records) = load(spec, Some(nodes))?;
-    let plan = dna::plan::plan(doc.spec(), &records, &[]);
+    let loaded = load(spec, Some(nodes))?;
+    let plan = dna::plan::plan(loaded.doc.spec(), &loaded.nodes, &[]);
     if json {
         let out = PlanJson {
             placements: plan
@@ -344,6 +368,16 @@ mod tests {
             roles: vec![role("a", Count::Replicas(1))],
         };
         assert_eq!(summary(&one), "x: 1 role, 1 replica");
+    }
+
+    #[test]
+    fn template_name_is_read_from_the_top_level() {
+        assert_eq!(
+            template_name("colony: shop\ntemplate: web-tier\n").as_deref(),
+            Some("web-tier")
+        );
+        assert_eq!(template_name("colony: shop\nroles: {}\n"), None);
+        assert_eq!(template_name("[unclosed"), None);
     }
 
     #[test]
