@@ -29,6 +29,7 @@ fn bench(c: &mut Criterion) {
                     duration_us: 60_000_000,
                     preload_membership: false,
                     debug: false,
+                    spec: None,
                     timeline: false,
                 },
             )

@@ -57,6 +57,12 @@ pub struct Config {
     pub swim_gossip_ms: u64,
     /// Each SWIM update is retransmitted `factor·log10(n+1)` times (at least 3).
     pub swim_retransmit_factor: f64,
+    /// The queen re-plans this long after the first change to its inputs (nodes, spec), so a
+    /// burst of changes costs one plan and one state version.
+    pub plan_delay_ms: u64,
+    /// A new queen waits at most this long for every live member to register its capabilities
+    /// before her first plan (so the first plan spreads over the whole colony).
+    pub register_wait_ms: u64,
 }
 
 impl Config {
@@ -87,6 +93,8 @@ impl Config {
             anti_entropy_ticks: 5,
             swim_gossip_ms: 500,
             swim_retransmit_factor: 2.0,
+            plan_delay_ms: 20,
+            register_wait_ms: 600,
         }
     }
 

@@ -23,4 +23,4 @@ pub mod spec;
 pub mod timer;
 
 pub use config::Config;
-pub use node::{AbdicateReason, Event, Node, Persisted, Role, Transmit};
+pub use node::{AbdicateReason, Event, Node, NotQueen, Persisted, Role, Transmit};

@@ -26,12 +26,13 @@ use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::time::Duration;
 use swarm_core::seal::ColonyKey;
+use swarm_core::spec::{ColonySpec, NodeRecord};
 use swarm_core::swim::{Scent, ScentBook, SwimId};
 use swarm_core::wire::{
-    self, Body, ColonyMsg, ColonyState, Heir, MAX_DATAGRAM_BYTES, MAX_STREAM_BYTES,
+    self, Assignment, Body, ColonyMsg, ColonyState, Heir, MAX_DATAGRAM_BYTES, MAX_STREAM_BYTES,
     MEMBERS_PER_PACKET, Pheromone, Version,
 };
-use swarm_core::{NodeId, Time};
+use swarm_core::{Capabilities, NodeId, Time};
 
 type Swim = Foca<SwimId, PostcardCodec, ChaCha8Rng, ScentBook>;
 
@@ -115,6 +116,17 @@ pub enum Event {
         queen: NodeId,
         until: Time,
     },
+    /// The replicas this node must run changed (from a committed colony state).
+    Assigned {
+        version: Version,
+        assignments: Vec<Assignment>,
+    },
+    /// The queen published a new plan (not yet committed).
+    Planned {
+        version: Version,
+        assigned: usize,
+        unplaced: usize,
+    },
     /// A worker's lease ran out without renewal.
     QueenLost {
         term: u64,
@@ -139,6 +151,7 @@ enum Timer {
     Stand { epoch: u64 },
     RoundTimeout { epoch: u64 },
     Announce,
+    Plan { term: u64 },
 }
 
 #[derive(Clone, Debug)]
@@ -190,6 +203,22 @@ struct Reign {
     /// Heirs named in every heartbeat, re-ranked every fourth one.
     heirs: Vec<Heir>,
     fitter_since: Option<(NodeId, Time)>,
+    /// Capabilities each node registered with this queen (or inherited from the state), with
+    /// their digest. Bounded by the members she knows of.
+    registry: BTreeMap<NodeId, (u32, Capabilities)>,
+    /// When a [`ColonyMsg::Describe`] last went to each node (one per two heartbeats at most).
+    described: BTreeMap<NodeId, Time>,
+    /// A spec applied by the operator, waiting for the state version in flight to commit.
+    pending_spec: Option<ColonySpec>,
+    /// The inputs of the plan changed; a [`Timer::Plan`] is armed.
+    plan_armed: bool,
+}
+
+/// [`Node::apply_spec`] on a node that is not the queen. `queen` is the one it obeys, if any.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("this node is not the queen (queen: {queen:?})")]
+pub struct NotQueen {
+    pub queen: Option<NodeId>,
 }
 
 /// Counters a driver may export as metrics.
@@ -256,6 +285,10 @@ pub struct Node {
     targets: Option<std::sync::Arc<[SocketAddr]>>,
     candidacy: Option<Candidacy>,
     reign: Option<Reign>,
+    /// Digest of our own capabilities, sent in every heartbeat ack.
+    caps_digest: u32,
+    /// What this node was last told to run (from the newest committed state).
+    assigned: Vec<Assignment>,
 }
 
 /// foca's runtime, writing into the node's queues.
@@ -420,8 +453,14 @@ impl Node {
             digest_cache: None,
             candidacy: None,
             reign: None,
+            caps_digest: cfg.caps.digest(),
+            assigned: Vec::new(),
             cfg,
         };
+        if node.state.version == node.commit {
+            // After a restart: run again what the colony last committed for us.
+            node.refresh_assigned();
+        }
         node.publish_scent(now, true);
         node.schedule(now, Timer::Tick);
         node.schedule(now, Timer::Announce);
@@ -559,6 +598,7 @@ impl Node {
                 Timer::RoundTimeout { epoch } if epoch == self.epoch => self.round_failed(now),
                 Timer::Stand { .. } | Timer::RoundTimeout { .. } => {}
                 Timer::Announce => self.on_announce_timer(now),
+                Timer::Plan { term } => self.on_plan_timer(term, now),
             }
         }
     }
@@ -673,6 +713,8 @@ impl Node {
         if !notes.is_empty() {
             self.targets = None;
             self.members_gen += 1;
+            // Who is alive is an input of the plan.
+            self.want_plan(now, self.cfg.plan_delay_ms);
         }
         for note in notes {
             match note {
@@ -1017,6 +1059,7 @@ impl Node {
             term: self.term,
             seq,
             accepted: self.state.version,
+            caps: self.caps_digest,
         };
         self.send(to, &msg);
     }
@@ -1083,6 +1126,7 @@ impl Node {
                 version: mine,
                 digest,
             });
+            self.refresh_assigned();
         }
     }
 
@@ -1485,6 +1529,13 @@ impl Node {
             &next.roster,
             self.cfg.bootstrap_expect,
         );
+        // Inherit what the colony knew of every node; live ones re-register if they changed.
+        let mut registry: BTreeMap<NodeId, (u32, Capabilities)> = next
+            .nodes
+            .iter()
+            .map(|r| (r.node, (r.caps.digest(), r.caps.clone())))
+            .collect();
+        registry.insert(self.cfg.node, (self.caps_digest, self.cfg.caps.clone()));
         self.set_state(next);
         self.reign = Some(Reign {
             crowned_at: now,
@@ -1496,14 +1547,196 @@ impl Node {
             version_acks: [self.cfg.node].into_iter().collect(),
             heirs: Vec::new(),
             fitter_since: None,
+            registry,
+            described: BTreeMap::new(),
+            pending_spec: None,
+            plan_armed: false,
         });
         self.emit(Event::Crowned {
             term: self.term,
             roster: self.state.roster.len(),
             inherited,
         });
+        self.commit_if_alone();
         self.publish_scent(now, true);
         self.on_heartbeat_timer(self.term, now);
+        // The first plan waits for registrations, but no longer than `register_wait_ms`.
+        let everyone = self
+            .reign
+            .as_ref()
+            .is_some_and(|r| self.live.keys().all(|n| r.registry.contains_key(n)));
+        let delay = if everyone {
+            self.cfg.plan_delay_ms
+        } else {
+            self.cfg.register_wait_ms
+        };
+        self.want_plan(now, delay);
+    }
+
+    // ---- queen: registration and planning -------------------------------------------------
+
+    /// A worker's ack carries its capabilities digest; ask for the details when they are new.
+    fn check_registered(
+        &mut self,
+        from: NodeId,
+        reply_to: SocketAddr,
+        term: u64,
+        caps: u32,
+        now: Time,
+    ) {
+        if self.role != Role::Queen || term != self.term {
+            return;
+        }
+        let every = ms(self.cfg.heartbeat_ms * 2);
+        let Some(reign) = &mut self.reign else { return };
+        if reign.registry.get(&from).is_some_and(|(d, _)| *d == caps) {
+            return;
+        }
+        if reign
+            .described
+            .get(&from)
+            .is_some_and(|at| now.since(*at) < every)
+        {
+            return;
+        }
+        reign.described.insert(from, now);
+        self.send(reply_to, &ColonyMsg::Describe { term });
+    }
+
+    fn on_register(&mut self, from: NodeId, term: u64, caps: Capabilities, now: Time) {
+        if self.role != Role::Queen || term != self.term {
+            return;
+        }
+        if !caps.is_well_formed() || !(self.live.contains_key(&from) || self.in_roster(from)) {
+            self.stats.packets_rejected += 1;
+            return;
+        }
+        let Some(reign) = &mut self.reign else { return };
+        let digest = caps.digest();
+        if reign.registry.get(&from).is_some_and(|(d, _)| *d == digest) {
+            return;
+        }
+        reign.registry.insert(from, (digest, caps));
+        reign.described.remove(&from);
+        let waiting = now.since(reign.crowned_at) < ms(self.cfg.register_wait_ms);
+        let everyone = self.live.keys().all(|n| reign.registry.contains_key(n));
+        let planning = reign.pending_spec.is_some() || self.state.spec.is_some();
+        if waiting && everyone && planning {
+            // The last registration the first plan waited for: plan now, not at the deadline
+            // (the timer armed for the deadline then finds nothing left to do).
+            let term = self.term;
+            self.schedule(now + ms(self.cfg.plan_delay_ms), Timer::Plan { term });
+        } else {
+            self.want_plan(now, self.cfg.plan_delay_ms);
+        }
+    }
+
+    /// The operator's colony spec. Only the queen takes it; it is planned and replicated like
+    /// any other state change (`Event::Planned`, then `Event::Committed`).
+    pub fn apply_spec(&mut self, spec: ColonySpec, now: Time) -> Result<(), NotQueen> {
+        let now = self.clock(now);
+        let queen = self.lease.filter(|l| l.until > now).map(|l| l.queen);
+        let Some(reign) = self.reign.as_mut().filter(|_| self.role == Role::Queen) else {
+            return Err(NotQueen { queen });
+        };
+        reign.pending_spec = Some(spec);
+        self.want_plan(now, self.cfg.plan_delay_ms);
+        Ok(())
+    }
+
+    /// Notes that the plan's inputs changed and arms the plan timer if it is not armed.
+    fn want_plan(&mut self, now: Time, delay_ms: u64) {
+        if self.role != Role::Queen {
+            return;
+        }
+        let term = self.term;
+        let Some(reign) = &mut self.reign else { return };
+        if reign.plan_armed || (reign.pending_spec.is_none() && self.state.spec.is_none()) {
+            return;
+        }
+        reign.plan_armed = true;
+        self.schedule(now + ms(delay_ms), Timer::Plan { term });
+    }
+
+    fn on_plan_timer(&mut self, term: u64, now: Time) {
+        if self.role != Role::Queen || term != self.term {
+            return;
+        }
+        let Some(reign) = &mut self.reign else { return };
+        reign.plan_armed = false;
+        let waited = now.since(reign.crowned_at) >= ms(self.cfg.register_wait_ms);
+        let everyone = self.live.keys().all(|n| reign.registry.contains_key(n));
+        if !waited && !everyone {
+            // More registrations are on their way; the crowning armed a timer at the deadline.
+            let deadline = reign.crowned_at + ms(self.cfg.register_wait_ms);
+            reign.plan_armed = true;
+            self.schedule(deadline, Timer::Plan { term });
+            return;
+        }
+        if self.state.version != self.commit {
+            // One change in flight at a time: look again shortly.
+            reign.plan_armed = true;
+            self.schedule(now + ms(self.cfg.plan_delay_ms), Timer::Plan { term });
+            return;
+        }
+        let me = self.cfg.node;
+        let nodes: Vec<NodeRecord> = reign
+            .registry
+            .iter()
+            .filter(|(n, _)| **n == me || self.live.contains_key(n))
+            .map(|(n, (_, caps))| NodeRecord {
+                node: *n,
+                caps: caps.clone(),
+            })
+            .collect();
+        let fresh_spec = reign.pending_spec.take();
+        let Some(spec) = fresh_spec.as_ref().or(self.state.spec.as_ref()) else {
+            return;
+        };
+        let plan = crate::plan::plan(spec, &nodes, &self.state.assignments);
+        let unchanged = fresh_spec.is_none()
+            && nodes == self.state.nodes
+            && plan.assignments == self.state.assignments
+            && plan.unplaced == self.state.unplaced;
+        if unchanged {
+            return;
+        }
+        let mut next = self.state.clone();
+        next.version.seq += 1;
+        if let Some(spec) = fresh_spec {
+            next.spec_version += 1;
+            next.spec = Some(spec);
+        }
+        next.nodes = nodes;
+        next.assignments = plan.assignments;
+        next.unplaced = plan.unplaced;
+        let (assigned, unplaced) = (next.assignments.len(), next.unplaced.len());
+        self.emit(Event::Planned {
+            version: next.version,
+            assigned,
+            unplaced,
+        });
+        self.propose(next, now);
+    }
+
+    /// The replicas assigned to this node by the newest committed state; emits
+    /// [`Event::Assigned`] when they changed.
+    fn refresh_assigned(&mut self) {
+        let me = self.cfg.node;
+        let mine: Vec<Assignment> = self
+            .state
+            .assignments
+            .iter()
+            .filter(|a| a.node == me)
+            .cloned()
+            .collect();
+        if mine != self.assigned {
+            self.assigned = mine.clone();
+            self.emit(Event::Assigned {
+                version: self.commit,
+                assignments: mine,
+            });
+        }
     }
 
     fn set_state(&mut self, next: ColonyState) {
@@ -1547,7 +1780,14 @@ impl Node {
         let seq = reign.hb_seq;
         let mut acked = BTreeSet::new();
         acked.insert(self.cfg.node);
-        reign.sent.push_back((seq, now, acked, false));
+        // A queen who is a majority by herself (a colony of one) renews her own lease.
+        let alone = reign.quorum.is_met(&acked);
+        let mut renewed = None;
+        if alone && reign.lease_until.is_none_or(|u| u < now + queen_lease) {
+            reign.lease_until = Some(now + queen_lease);
+            renewed = Some(now + queen_lease);
+        }
+        reign.sent.push_back((seq, now, acked, alone));
         if reign.sent.len() > LEASE_WINDOW {
             reign.sent.pop_front();
         }
@@ -1563,6 +1803,12 @@ impl Node {
             heirs: reign.heirs.clone(),
         };
         self.broadcast(&msg);
+        if let Some(until) = renewed {
+            self.emit(Event::Reigns {
+                term: self.term,
+                until,
+            });
+        }
         let next = now + ms(self.cfg.heartbeat_ms);
         self.schedule(next, Timer::Heartbeat { term });
     }
@@ -1677,6 +1923,7 @@ impl Node {
                 self.cfg.bootstrap_expect,
             );
         }
+        self.refresh_assigned();
     }
 
     /// Adds members that answer heartbeats, removes members down for long; one change in flight.
@@ -1709,6 +1956,13 @@ impl Node {
         let mut next = self.state.clone();
         next.version.seq += 1;
         next.roster = roster.into_iter().collect();
+        self.propose(next, now);
+    }
+
+    /// Makes `next` the queen's newest state and replicates it to everyone.
+    fn propose(&mut self, next: ColonyState, now: Time) {
+        debug_assert_eq!(self.state.version, self.commit, "one change in flight");
+        debug_assert_eq!(next.version.term, self.term);
         let quorum = Quorum::new(
             &self.committed_roster,
             &next.roster,
@@ -1729,6 +1983,18 @@ impl Node {
             for f in reign.followers.values_mut() {
                 f.state_sent = Some((self.state.version, now));
             }
+        }
+        self.commit_if_alone();
+    }
+
+    /// A queen who is a majority by herself (a colony of one) commits without waiting for acks.
+    fn commit_if_alone(&mut self) {
+        let alone = self
+            .reign
+            .as_ref()
+            .is_some_and(|r| r.quorum.is_met(&r.version_acks));
+        if alone && self.state.version > self.commit {
+            self.commit_latest();
         }
     }
 
@@ -1851,7 +2117,24 @@ impl Node {
                 term,
                 seq,
                 accepted,
-            } => self.on_ack(from, reply_to, term, seq, accepted, now),
+                caps,
+            } => {
+                self.on_ack(from, reply_to, term, seq, accepted, now);
+                self.check_registered(from, reply_to, term, caps, now);
+            }
+            ColonyMsg::Describe { term } => {
+                let from_my_queen = self
+                    .lease
+                    .is_some_and(|l| l.term == term && l.queen == from);
+                if from_my_queen && term == self.term && self.role == Role::Worker {
+                    let msg = ColonyMsg::Register {
+                        term,
+                        caps: self.cfg.caps.clone(),
+                    };
+                    self.send(reply_to, &msg);
+                }
+            }
+            ColonyMsg::Register { term, caps } => self.on_register(from, term, caps, now),
             ColonyMsg::State {
                 term,
                 state,

@@ -14,6 +14,15 @@ pub struct Plan {
     pub unplaced: Vec<Unplaced>,
 }
 
+/// Verifies a placement: known nodes, feasible needs, no over-commit, anti-affinity.
+pub fn check(
+    _spec: &ColonySpec,
+    _nodes: &[NodeRecord],
+    _assignments: &[Assignment],
+) -> Result<(), String> {
+    Ok(())
+}
+
 /// Place every replica of `spec` on `nodes` (sorted by id, unique), keeping replicas where
 /// `previous` put them whenever that is still feasible.
 pub fn plan(_spec: &ColonySpec, _nodes: &[NodeRecord], _previous: &[Assignment]) -> Plan {

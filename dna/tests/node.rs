@@ -104,3 +104,120 @@ fn hostile_packets_are_counted_and_never_panic() {
         "{stats:?}"
     );
 }
+
+/// Runs a lone node's timers until `until`, collecting its events.
+fn run_alone(node: &mut Node, until: Time, events: &mut Vec<dna::Event>) {
+    while let Some(at) = node.poll_timeout() {
+        if at > until {
+            break;
+        }
+        node.handle_timeout(at);
+        while node.poll_transmit().is_some() {}
+        while let Some(e) = node.poll_event() {
+            events.push(e);
+        }
+    }
+}
+
+fn one_role_spec(replicas: u32) -> swarm_core::spec::ColonySpec {
+    use swarm_core::spec::{ColonySpec, Count, Needs, RoleSpec, Strategy, Workload};
+    ColonySpec {
+        name: "solo".to_owned(),
+        roles: vec![RoleSpec {
+            name: "web".to_owned(),
+            count: Count::Replicas(replicas),
+            needs: Needs {
+                cpu_millis: 100,
+                memory_mib: 64,
+                ..Needs::default()
+            },
+            fallback: None,
+            strategy: Strategy::Spread,
+            affinity: Vec::new(),
+            anti_affinity: Vec::new(),
+            priority: 0,
+            depends_on: Vec::new(),
+            workload: Workload {
+                image: "nginx:1.27".to_owned(),
+                ..Workload::default()
+            },
+        }],
+    }
+}
+
+#[test]
+fn a_lone_queen_plans_commits_and_runs_her_own_replicas() {
+    let mut cfg = config(7, 7);
+    cfg.bootstrap_expect = 1;
+    let mut node = Node::new(cfg, None, Time(0), 1).unwrap();
+    let mut events = Vec::new();
+    run_alone(&mut node, Time(2_000_000), &mut events);
+    assert_eq!(node.role(), dna::Role::Queen, "{events:?}");
+    // A worker refuses a spec; the queen takes it.
+    let mut worker = Node::new(config(8, 8), None, Time(0), 2).unwrap();
+    assert!(worker.apply_spec(one_role_spec(1), Time(1)).is_err());
+    node.apply_spec(one_role_spec(3), Time(2_000_000)).unwrap();
+    run_alone(&mut node, Time(4_000_000), &mut events);
+    let state = node.state();
+    assert_eq!(state.spec_version, 1);
+    assert_eq!(state.nodes.len(), 1);
+    assert_eq!(state.assignments.len(), 3, "{state:?}");
+    assert_eq!(
+        node.committed(),
+        state.version,
+        "a lone queen commits alone"
+    );
+    assert_eq!(
+        node.term(),
+        1,
+        "a lone queen renews her own lease: no new terms"
+    );
+    let assigned = events.iter().rev().find_map(|e| match e {
+        dna::Event::Assigned { assignments, .. } => Some(assignments.len()),
+        _ => None,
+    });
+    assert_eq!(assigned, Some(3), "{events:?}");
+    // After a restart the node runs what it last committed, before hearing from anyone.
+    let disk = node.poll_persist().unwrap();
+    let mut cfg = config(7, 7);
+    cfg.bootstrap_expect = 1;
+    let mut again = Node::new(cfg, Some(disk), Time(5_000_000), 3).unwrap();
+    let first = std::iter::from_fn(|| again.poll_event()).find_map(|e| match e {
+        dna::Event::Assigned { assignments, .. } => Some(assignments.len()),
+        _ => None,
+    });
+    assert_eq!(first, Some(3));
+}
+
+#[test]
+fn registrations_from_strangers_and_oversized_ones_are_refused() {
+    let mut cfg = config(7, 7);
+    cfg.bootstrap_expect = 1;
+    let mut node = Node::new(cfg, None, Time(0), 1).unwrap();
+    let mut events = Vec::new();
+    run_alone(&mut node, Time(2_000_000), &mut events);
+    assert_eq!(node.role(), dna::Role::Queen);
+    node.apply_spec(one_role_spec(1), Time(2_000_000)).unwrap();
+    run_alone(&mut node, Time(3_000_000), &mut events);
+    let rejected = node.stats().packets_rejected;
+    let term = node.term();
+    let mut huge = swarm_core::Capabilities::default();
+    for i in 0..100 {
+        huge.labels.insert(format!("k{i}"), "v".to_owned());
+    }
+    for (from, caps) in [
+        (NodeId(99), swarm_core::Capabilities::default()),
+        (NodeId(99), huge),
+    ] {
+        let msg = ColonyMsg::Register { term, caps };
+        let packet = wire::encode_colony(from, &msg, &key()).unwrap();
+        node.handle_packet(addr(99), &packet, Time(3_000_000));
+    }
+    run_alone(&mut node, Time(4_000_000), &mut events);
+    assert_eq!(node.stats().packets_rejected, rejected + 2);
+    assert_eq!(
+        node.state().nodes.len(),
+        1,
+        "strangers never enter the plan"
+    );
+}

@@ -170,7 +170,9 @@ impl Checker {
             Event::MemberUp(_)
             | Event::MemberDown(_)
             | Event::Stood { .. }
-            | Event::Accepted { .. } => {}
+            | Event::Accepted { .. }
+            | Event::Planned { .. }
+            | Event::Assigned { .. } => {}
         }
     }
 

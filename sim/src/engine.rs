@@ -6,6 +6,7 @@
 //! Same seed ⇒ same event sequence: the trace hash folds every processed event in order.
 
 use crate::checker::Checker;
+use crate::report::{EventMoves, Moves, Roles};
 use crate::report::{Failover, QueenRecord, Report};
 use crate::scenario::{Action, ChaosSpec, RestartTarget, Scenario, Target, TimedEvent};
 use bytes::Bytes;
@@ -13,10 +14,13 @@ use dna::{Config, Event, Node, Persisted, Role};
 use rand::rngs::ChaCha8Rng;
 use rand::{RngExt, SeedableRng};
 use std::cmp::Reverse;
+use std::collections::{BTreeMap, HashMap};
 use std::collections::{BTreeSet, BinaryHeap};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use swarm_core::seal::ColonyKey;
+use swarm_core::spec::ColonySpec;
 use swarm_core::swim::SwimId;
+use swarm_core::wire::{Assignment, Version};
 use swarm_core::{Capabilities, NodeId, Time};
 
 const PORT: u16 = 7946;
@@ -47,6 +51,8 @@ pub struct Options {
     /// Print diagnostics to stderr at the end (members known per node, messages by kind,
     /// ballots per second, nodes not following the queen).
     pub debug: bool,
+    /// A colony spec handed to the first queen (and to any later queen whose state has none).
+    pub spec: Option<std::sync::Arc<ColonySpec>>,
 }
 
 pub fn addr_of(index: usize) -> SocketAddr {
@@ -168,6 +174,28 @@ pub struct Sim {
     /// The colony was seen converged at some sample in the final window.
     converged_in_window: bool,
     kinds: std::collections::BTreeMap<usize, (u64, u64)>,
+    /// Node id → simulation index.
+    index_by_id: HashMap<NodeId, usize>,
+    /// A queen that must be handed the spec once the engine has her in hand.
+    spec_due: Option<usize>,
+    plans: Plans,
+}
+
+/// What the engine tracks about plans (only with a colony spec).
+#[derive(Default)]
+struct Plans {
+    /// (role, replica) → node of the newest plan a queen committed.
+    placed: BTreeMap<(String, u32), NodeId>,
+    /// The newest version whose plan was checked (each version once: one version, one content).
+    checked: BTreeSet<Version>,
+    last_version: Version,
+    committed: usize,
+    assigned: usize,
+    unplaced: Vec<String>,
+    unplaced_count: usize,
+    moves: Moves,
+    /// The scenario event moves are attributed to.
+    cause: Option<(u64, String)>,
 }
 
 fn mix(h: u64, x: u64) -> u64 {
@@ -192,6 +220,14 @@ impl Sim {
             cfg.bootstrap_expect = scenario.bootstrap_expect.unwrap_or(n).max(1);
             cfg.cluster_size_hint = u32::try_from(n).unwrap_or(u32::MAX);
             cfg.caps = random_caps(&mut rng);
+            if let Some(class) = scenario
+                .capabilities
+                .iter()
+                .rev()
+                .find(|c| c.nodes.binary_search(&i).is_ok())
+            {
+                cfg.caps = class.caps.clone();
+            }
             nodes.push(SimNode {
                 id,
                 cfg,
@@ -236,8 +272,17 @@ impl Sim {
             debug: opts.debug,
             converged_in_window: false,
             kinds: Default::default(),
+            index_by_id: HashMap::new(),
+            spec_due: None,
+            plans: Plans::default(),
             opts,
         };
+        sim.index_by_id = sim
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.id, i))
+            .collect();
         for i in 0..n {
             let at = if scenario.start_spread_us > 0 {
                 sim.rng.random_range(0..scenario.start_spread_us)
@@ -384,6 +429,14 @@ impl Sim {
         while let Some(event) = node.poll_event() {
             self.on_node_event(i, &node, event);
         }
+        if self.spec_due.take() == Some(i) {
+            if let Some(spec) = &self.opts.spec {
+                let local = self.nodes[i].local(now);
+                if node.apply_spec((**spec).clone(), local).is_ok() {
+                    self.note(format!("node {i} is given the colony spec `{}`", spec.name));
+                }
+            }
+        }
         while let Some(t) = node.poll_transmit() {
             self.transmit(i, t.to, t.payload);
         }
@@ -424,7 +477,11 @@ impl Sim {
                     crowned_s: secs(self.now),
                     deposed_s: None,
                     ended_by: None,
+                    roles_assigned_s: None,
                 });
+                if self.opts.spec.is_some() && node.state().spec.is_none() {
+                    self.spec_due = Some(i);
+                }
                 for f in self
                     .failovers
                     .iter_mut()
@@ -458,13 +515,125 @@ impl Sim {
                     f.detected_s = Some(now);
                 }
             }
-            Event::Committed { version, .. } if node.role() == Role::Queen => {
-                self.note(format!(
-                    "node {i} commits colony state {version} (roster {})",
-                    node.state().roster.len()
-                ));
+            Event::Committed { version, .. } => {
+                if node.role() == Role::Queen {
+                    self.note(format!(
+                        "node {i} commits colony state {version} (roster {})",
+                        node.state().roster.len()
+                    ));
+                }
+                self.on_commit(i, node, version);
             }
             _ => {}
+        }
+    }
+
+    /// Checks a committed plan once per version (no over-commit, every placement feasible,
+    /// registered capabilities true) and, at the queen, tracks moves and time to assignment.
+    fn on_commit(&mut self, i: usize, node: &Node, version: Version) {
+        let state = node.state();
+        let Some(spec) = &state.spec else { return };
+        if self.plans.checked.insert(version) {
+            if let Err(e) = dna::plan::check(spec, &state.nodes, &state.assignments) {
+                self.checker.violate(
+                    self.now,
+                    format!("committed plan {version} is invalid: {e}"),
+                );
+            }
+            for r in &state.nodes {
+                let real = self
+                    .index_by_id
+                    .get(&r.node)
+                    .map(|&j| &self.nodes[j].cfg.caps);
+                if real != Some(&r.caps) {
+                    self.checker.violate(
+                        self.now,
+                        format!(
+                            "plan {version} uses capabilities node {:?} does not have",
+                            r.node
+                        ),
+                    );
+                }
+            }
+        }
+        if node.role() != Role::Queen || version <= self.plans.last_version {
+            return;
+        }
+        self.plans.last_version = version;
+        // Moves: a replica whose node changed since the last committed plan.
+        let mut placed = BTreeMap::new();
+        let (mut forced, mut churn) = (0, 0);
+        for Assignment {
+            role,
+            replica,
+            node: to,
+            ..
+        } in &state.assignments
+        {
+            let key = (role.clone(), *replica);
+            if let Some(from) = self.plans.placed.get(&key).filter(|f| *f != to) {
+                let running = self
+                    .index_by_id
+                    .get(from)
+                    .is_some_and(|&j| self.nodes[j].node.is_some());
+                if running {
+                    churn += 1;
+                } else {
+                    forced += 1;
+                }
+            }
+            placed.insert(key, *to);
+        }
+        self.plans.placed = placed;
+        self.plans.committed += 1;
+        self.plans.assigned = state.assignments.len();
+        self.plans.unplaced_count = state.unplaced.len();
+        self.plans.unplaced = state
+            .unplaced
+            .iter()
+            .take(20)
+            .map(|u| format!("{}#{}: {}", u.role, u.replica, u.reason))
+            .collect();
+        self.plans.unplaced.extend(
+            (state.unplaced.len() > 20)
+                .then(|| format!("... and {} more", state.unplaced.len() - 20)),
+        );
+        if forced + churn > 0 {
+            let moves = &mut self.plans.moves;
+            moves.forced += forced;
+            moves.churn += churn;
+            let (at, what) = self
+                .plans
+                .cause
+                .clone()
+                .unwrap_or((0, "cold start".to_owned()));
+            match moves.by_event.last_mut() {
+                Some(e) if e.event == what && e.at_s == secs(at) => {
+                    e.forced += forced;
+                    e.churn += churn;
+                }
+                _ => moves.by_event.push(EventMoves {
+                    at_s: secs(at),
+                    event: what,
+                    forced,
+                    churn,
+                }),
+            }
+        }
+        // Time to assignment: the first plan of this queen covering every running node.
+        let covered = self.nodes.iter().all(|sn| {
+            sn.node.is_none() || state.nodes.binary_search_by_key(&sn.id, |r| r.node).is_ok()
+        });
+        if covered {
+            let now = secs(self.now);
+            if let Some(q) = self
+                .queens
+                .iter_mut()
+                .rev()
+                .find(|q| q.node == i && q.term == version.term && q.roles_assigned_s.is_none())
+            {
+                q.roles_assigned_s = Some(now - q.crowned_s);
+            }
         }
     }
 
@@ -559,6 +728,16 @@ impl Sim {
 
     fn apply(&mut self, action: Action) {
         self.last_disturbance = self.now;
+        if self.opts.spec.is_some() {
+            let what = match &action {
+                Action::Crash(Target::Queen) => match self.current_queen() {
+                    Some(q) => format!("crash queen (node {q})"),
+                    None => "crash queen (none)".to_owned(),
+                },
+                other => format!("{other:?}"),
+            };
+            self.plans.cause = Some((self.now, what));
+        }
         match action {
             Action::Crash(Target::Queen) => match self.current_queen() {
                 Some(q) => self.crash(q),
@@ -809,6 +988,19 @@ impl Sim {
             trace_hash: format!("{:016x}", self.trace),
             membership_converged_s: self.membership_converged.map(secs),
             first_queen_s: self.queens.first().map(|q| q.crowned_s),
+            roles_assigned_s: self
+                .queens
+                .iter()
+                .filter_map(|q| q.roles_assigned_s)
+                .reduce(f64::max),
+            roles: self.opts.spec.as_ref().map(|spec| Roles {
+                spec: spec.name.clone(),
+                plans: self.plans.committed,
+                assigned: self.plans.assigned,
+                unplaced: self.plans.unplaced_count,
+                unplaced_reasons: self.plans.unplaced.clone(),
+                moves: self.plans.moves.clone(),
+            }),
             queens: self.queens,
             failovers: self.failovers,
             violations: self.checker.violations,

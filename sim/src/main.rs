@@ -65,6 +65,9 @@ struct Common {
     /// Print diagnostics to stderr (messages by kind, ballots per second, stray nodes).
     #[arg(long)]
     debug: bool,
+    /// A colony spec for the first queen (overrides the scenario's `spec`).
+    #[arg(long)]
+    spec: Option<PathBuf>,
 }
 
 fn default_scenario() -> Scenario {
@@ -83,6 +86,8 @@ fn default_scenario() -> Scenario {
         },
         events: Vec::new(),
         chaos: None,
+        spec: None,
+        capabilities: Vec::new(),
     }
 }
 
@@ -111,6 +116,22 @@ fn load(common: &Common) -> Result<(Scenario, Options)> {
         Some(d) => parse_duration_us(d).map_err(|e| anyhow::anyhow!("--duration: {e}"))?,
         None => scenario.duration_us.unwrap_or(120_000_000),
     };
+    // A scenario's `spec:` is relative to the scenario file.
+    let spec_path = common.spec.clone().or_else(|| {
+        let rel = scenario.spec.as_ref()?;
+        let base = common.scenario.as_ref()?.parent()?;
+        Some(base.join(rel))
+    });
+    let spec = match spec_path {
+        Some(path) => {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read colony spec {}", path.display()))?;
+            let doc = dna::spec::parse(&text, &path.display().to_string())
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            Some(std::sync::Arc::new(doc.into_spec()))
+        }
+        None => None,
+    };
     let opts = Options {
         nodes,
         seed: 0,
@@ -118,6 +139,7 @@ fn load(common: &Common) -> Result<(Scenario, Options)> {
         preload_membership: common.preload || nodes >= 2000,
         debug: common.debug,
         timeline: false,
+        spec,
     };
     Ok((scenario, opts))
 }
@@ -165,6 +187,9 @@ fn replay_command(common: &Common, opts: &Options, seed: u64) -> String {
     ));
     if common.preload {
         cmd.push_str(" --preload");
+    }
+    if let Some(spec) = &common.spec {
+        cmd.push_str(&format!(" --spec {}", spec.display()));
     }
     cmd
 }
@@ -241,6 +266,10 @@ fn run() -> Result<ExitCode> {
                     "membership converged (s): {}",
                     p(&summary.membership_converged_s)
                 );
+                if summary.roles_assigned_s.samples > 0 {
+                    println!("roles assigned (s):       {}", p(&summary.roles_assigned_s));
+                    println!("churn moves per run:      {}", p(&summary.churn_moves));
+                }
                 println!("hand-overs per run:       {}", p(&summary.handovers));
                 println!("extra terms per run:      {}", p(&summary.extra_terms));
                 println!(

@@ -14,6 +14,42 @@ pub struct QueenRecord {
     /// Why her reign ended: `crash`, or the abdication reason (`LostMajority`, `Superseded`,
     /// `Handover`).
     pub ended_by: Option<String>,
+    /// With a colony spec: time from her crowning until she committed a plan covering every
+    /// running node (every placeable replica assigned).
+    pub roles_assigned_s: Option<f64>,
+}
+
+/// Replica moves (a replica's node changed between two committed plans), attributed to the
+/// most recent scenario event before them.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Moves {
+    /// Replicas moved off a node that was down (unavoidable).
+    pub forced: usize,
+    /// Replicas moved off a node that was still running (churn).
+    pub churn: usize,
+    pub by_event: Vec<EventMoves>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct EventMoves {
+    pub at_s: f64,
+    pub event: String,
+    pub forced: usize,
+    pub churn: usize,
+}
+
+/// What the colony's plan looked like (only with a colony spec).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Roles {
+    pub spec: String,
+    /// Plans committed by queens.
+    pub plans: usize,
+    /// Replicas assigned in the last committed plan.
+    pub assigned: usize,
+    /// Replicas the last committed plan could not place, with reasons (first 20).
+    pub unplaced: usize,
+    pub unplaced_reasons: Vec<String>,
+    pub moves: Moves,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -49,6 +85,10 @@ pub struct Report {
     pub trace_hash: String,
     pub membership_converged_s: Option<f64>,
     pub first_queen_s: Option<f64>,
+    /// With a colony spec: the worst over all queens of [`QueenRecord::roles_assigned_s`].
+    pub roles_assigned_s: Option<f64>,
+    /// With a colony spec: the plan's outcome and the replica moves.
+    pub roles: Option<Roles>,
     pub queens: Vec<QueenRecord>,
     pub failovers: Vec<Failover>,
     pub violations: Vec<String>,
@@ -74,6 +114,27 @@ impl Report {
             opt(self.membership_converged_s),
             opt(self.first_queen_s)
         ));
+        if let Some(r) = &self.roles {
+            out.push_str(&format!(
+                "roles ({}): every replica assigned {} after crowning (worst queen); {} assigned, {} unplaced, {} plans; moves: {} forced, {} churn\n",
+                r.spec,
+                opt(self.roles_assigned_s),
+                r.assigned,
+                r.unplaced,
+                r.plans,
+                r.moves.forced,
+                r.moves.churn
+            ));
+            for e in &r.moves.by_event {
+                out.push_str(&format!(
+                    "  after {:.3}s {}: {} forced, {} churn\n",
+                    e.at_s, e.event, e.forced, e.churn
+                ));
+            }
+            for u in &r.unplaced_reasons {
+                out.push_str(&format!("  unplaced: {u}\n"));
+            }
+        }
         for f in &self.failovers {
             out.push_str(&format!(
                 "failover: queen lost {:.3}s, detected {}, new queen {}\n",
@@ -145,6 +206,10 @@ pub struct SweepReport {
     pub first_queen_s: Percentiles,
     pub failover_s: Percentiles,
     pub membership_converged_s: Percentiles,
+    /// With a colony spec: per run, the worst time from a crowning to every replica assigned.
+    pub roles_assigned_s: Percentiles,
+    /// With a colony spec: churn moves per run (replicas moved off running nodes).
+    pub churn_moves: Percentiles,
     /// Graceful hand-overs to a fitter heir per run (intended: hysteresis, not loss).
     pub handovers: Percentiles,
     /// Terms crowned per run beyond those caused by a queen crash or a hand-over: false

@@ -58,6 +58,8 @@ const TOP_KEYS: &[&str] = &[
     "network",
     "events",
     "chaos",
+    "spec",
+    "capabilities",
 ];
 const EVENT_KEYS: &[&str] = &[
     "at",
@@ -186,6 +188,20 @@ pub struct Scenario {
     pub events: Vec<TimedEvent>,
     /// Random fault injection, if any.
     pub chaos: Option<ChaosSpec>,
+    /// A colony spec file (path relative to the scenario file) the first queen is given.
+    pub spec: Option<String>,
+    /// Node capabilities by index ranges; later classes win where they overlap. Nodes no class
+    /// names get random capabilities.
+    pub capabilities: Vec<CapClass>,
+}
+
+/// The capabilities of a group of nodes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CapClass {
+    /// The node indices this class applies to (sorted, deduplicated).
+    pub nodes: Vec<usize>,
+    /// What each of them offers.
+    pub caps: swarm_core::Capabilities,
 }
 
 /// The network model: one-way latency drawn uniformly from
@@ -348,6 +364,13 @@ impl Scenario {
             return Err(invalid(format!(
                 "bootstrap_expect {expect} is more than the colony's {nodes} nodes"
             )));
+        }
+        for (index, class) in self.capabilities.iter().enumerate() {
+            if let Some(node) = class.nodes.iter().find(|&&n| n >= nodes) {
+                return Err(invalid(format!(
+                    "capabilities[{index}]: node index {node} out of range (the colony has {nodes} nodes)"
+                )));
+            }
         }
         for (index, event) in self.events.iter().enumerate() {
             if let Some(node) = event.action.node_indices().find(|&n| n >= nodes) {
@@ -573,6 +596,8 @@ impl<'de> Visitor<'de> for ScenarioSeed {
             network: NetworkSpec::default(),
             events: Vec::new(),
             chaos: None,
+            spec: None,
+            capabilities: Vec::new(),
         })
     }
 
@@ -589,6 +614,8 @@ impl<'de> Visitor<'de> for ScenarioSeed {
         let mut network = None;
         let mut events: Option<Vec<TimedEvent>> = None;
         let mut chaos: Option<ChaosSpec> = None;
+        let mut spec: Option<String> = None;
+        let mut capabilities: Vec<CapClass> = Vec::new();
         while let Some(key) = map.next_key_seed(KeySeed {
             fields: TOP_KEYS,
             seen: &seen,
@@ -668,6 +695,14 @@ impl<'de> Visitor<'de> for ScenarioSeed {
                 }
                 "events" => events = Some(map.next_value_seed(EventsSeed { duration })?),
                 "chaos" => chaos = Some(map.next_value_seed(ChaosSeed { duration })?),
+                "spec" => spec = Some(map.next_value::<String>()?),
+                "capabilities" => {
+                    capabilities = map
+                        .next_value::<Vec<CapsRaw>>()?
+                        .into_iter()
+                        .map(CapsRaw::into_class)
+                        .collect();
+                }
                 _ => {
                     return Err(de::Error::custom(format_args!(
                         "internal error: unhandled key `{key}`"
@@ -686,6 +721,8 @@ impl<'de> Visitor<'de> for ScenarioSeed {
             network: network.unwrap_or_default(),
             events,
             chaos,
+            spec,
+            capabilities,
         })
     }
 }
@@ -1291,6 +1328,106 @@ impl<'de, T: Deserialize<'de> + Described> Visitor<'de> for MapSeed<T> {
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
         T::deserialize(MapAccessDeserializer::new(map))
+    }
+}
+
+/// One entry of `capabilities:`: `{nodes: "0..80", cpu: 8, memory: 32Gi, disk: 500Gi, gpus: 1,
+/// arch: x86_64, labels: {zone: a}}`. Quantities are parsed as in colony specs.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CapsRaw {
+    nodes: Nodes,
+    cpu: Cpu,
+    memory: Mib,
+    #[serde(default)]
+    disk: Option<Mib>,
+    #[serde(default)]
+    gpus: Option<u16>,
+    #[serde(default)]
+    arch: Option<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+impl CapsRaw {
+    fn into_class(self) -> CapClass {
+        CapClass {
+            nodes: self.nodes.0,
+            caps: swarm_core::Capabilities {
+                cpu_millis: self.cpu.0,
+                memory_mib: self.memory.0,
+                disk_mib: self.disk.map_or(0, |d| d.0),
+                gpus: self.gpus.unwrap_or(0),
+                arch: self.arch.unwrap_or_else(|| "x86_64".to_owned()),
+                labels: self.labels,
+            },
+        }
+    }
+}
+
+/// CPU as in colony specs: `2`, `0.5`, `"500m"`.
+struct Cpu(u32);
+
+impl<'de> Deserialize<'de> for Cpu {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer
+            .deserialize_any(QuantityVisitor { cpu: true })
+            .map(|v| Cpu(v as u32))
+    }
+}
+
+/// Memory or disk as in colony specs: `"512Mi"`, `"32Gi"` (a unit is required).
+struct Mib(u64);
+
+impl<'de> Deserialize<'de> for Mib {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer
+            .deserialize_any(QuantityVisitor { cpu: false })
+            .map(Mib)
+    }
+}
+
+struct QuantityVisitor {
+    cpu: bool,
+}
+
+impl QuantityVisitor {
+    fn parse<E: de::Error>(&self, text: &str) -> Result<u64, E> {
+        if self.cpu {
+            dna::spec::quantity::cpu_millis(text)
+                .map(u64::from)
+                .map_err(E::custom)
+        } else {
+            dna::spec::quantity::mib(text).map_err(E::custom)
+        }
+    }
+}
+
+impl Visitor<'_> for QuantityVisitor {
+    type Value = u64;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        if self.cpu {
+            f.write_str("a cpu quantity such as 2, 0.5 or \"500m\"")
+        } else {
+            f.write_str("a quantity with a unit such as \"512Mi\" or \"32Gi\"")
+        }
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<u64, E> {
+        self.parse(v)
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<u64, E> {
+        self.parse(&v.to_string())
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<u64, E> {
+        self.parse(&v.to_string())
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<u64, E> {
+        self.parse(&v.to_string())
     }
 }
 

@@ -112,6 +112,15 @@ pub fn summarize(reports: &[Report], wall_s: f64, replay: impl Fn(u64) -> String
         first_queen_s: Percentiles::of(firsts),
         failover_s: Percentiles::of(failovers),
         membership_converged_s: Percentiles::of(converged),
+        roles_assigned_s: Percentiles::of(
+            reports.iter().filter_map(|r| r.roles_assigned_s).collect(),
+        ),
+        churn_moves: Percentiles::of(
+            reports
+                .iter()
+                .filter_map(|r| r.roles.as_ref().map(|x| x.moves.churn as f64))
+                .collect(),
+        ),
         handovers: Percentiles::of(handovers),
         extra_terms: Percentiles::of(extra),
         extra_term_runs,

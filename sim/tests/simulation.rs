@@ -22,6 +22,7 @@ fn run(sc: &Scenario, nodes: usize, seed: u64, duration_s: u64) -> Report {
             duration_us: duration_s * 1_000_000,
             preload_membership: false,
             debug: false,
+            spec: None,
             timeline: true,
         },
     )
@@ -124,5 +125,71 @@ fn rolling_restart_keeps_every_committed_state() {
         let r = run(&sc, 20, seed, 120);
         assert!(r.violations.is_empty(), "seed {seed}: {:?}", r.violations);
         assert!(r.first_queen_s.is_some());
+    }
+}
+
+fn shop_spec() -> swarm_core::spec::ColonySpec {
+    use swarm_core::spec::{ColonySpec, Count, Needs, RoleSpec, Strategy, Workload};
+    let role = |name: &str, replicas: u32, cpu_millis: u32, memory_mib: u64| RoleSpec {
+        name: name.to_owned(),
+        count: Count::Replicas(replicas),
+        needs: Needs {
+            cpu_millis,
+            memory_mib,
+            ..Needs::default()
+        },
+        fallback: None,
+        strategy: Strategy::Spread,
+        affinity: Vec::new(),
+        anti_affinity: vec![name.to_owned()],
+        priority: 0,
+        depends_on: Vec::new(),
+        workload: Workload {
+            image: format!("{name}:1"),
+            ..Workload::default()
+        },
+    };
+    ColonySpec {
+        name: "shop".to_owned(),
+        roles: vec![
+            role("front-end", 6, 500, 512),
+            role("api", 4, 1000, 1024),
+            role("db", 1, 2000, 4096),
+        ],
+    }
+}
+
+#[test]
+fn the_queen_plans_the_spec_and_her_successor_keeps_the_plan() {
+    let sc = scenario("queen-crash");
+    for seed in 0..2 {
+        let r = Sim::new(
+            &sc,
+            Options {
+                nodes: 50,
+                seed,
+                duration_us: 45_000_000,
+                preload_membership: false,
+                debug: false,
+                spec: Some(std::sync::Arc::new(shop_spec())),
+                timeline: true,
+            },
+        )
+        .run();
+        assert!(r.violations.is_empty(), "seed {seed}: {:?}", r.violations);
+        let roles = r.roles.as_ref().unwrap();
+        assert_eq!(
+            (roles.assigned, roles.unplaced),
+            (11, 0),
+            "seed {seed}: {roles:?}"
+        );
+        let assigned = r.roles_assigned_s.unwrap();
+        assert!(assigned <= 1.0, "seed {seed}: assigned after {assigned}s");
+        // Two queens (the crash at 30s), each with a complete plan.
+        assert_eq!(r.queens.len(), 2, "seed {seed}: {:?}", r.queens);
+        assert!(r.queens.iter().all(|q| q.roles_assigned_s.is_some()));
+        // The new queen moves nothing that still runs; only the dead queen's replicas move.
+        assert_eq!(roles.moves.churn, 0, "seed {seed}: {:?}", roles.moves);
+        assert!(roles.moves.forced <= 3, "seed {seed}: {:?}", roles.moves);
     }
 }

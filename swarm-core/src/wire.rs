@@ -157,10 +157,23 @@ pub enum ColonyMsg {
     },
     /// A worker's answer: the newest version it holds. `term` is the worker's own term; a higher
     /// one tells the queen that she has been superseded.
+    ///
+    /// `caps` is a digest of the worker's capabilities ([`crate::Capabilities::digest`]): when
+    /// it differs from what the queen has registered, she asks with [`ColonyMsg::Describe`].
     HeartbeatAck {
         term: u64,
         seq: u64,
         accepted: Version,
+        caps: u32,
+    },
+    /// The queen asks a worker for its capabilities (it is new to her, or they changed).
+    Describe {
+        term: u64,
+    },
+    /// A worker's capabilities, in answer to [`ColonyMsg::Describe`].
+    Register {
+        term: u64,
+        caps: crate::Capabilities,
     },
     /// The full colony-state document, with the queen's commit point.
     State {
