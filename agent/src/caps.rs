@@ -388,7 +388,6 @@ mod tests {
     }
 
     #[test]
-    #[ignore = "needs dna::spec::quantity (merging)"]
     fn quantities_in_config() {
         let config = parse_config(
             "cpu: 8\nmemory: 16Gi\ndisk: 200Gi\nreserve: {cpu: 500m, memory: 1Gi}\n",
