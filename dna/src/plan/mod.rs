@@ -1,0 +1,54 @@
+//! The planner: a pure function from (spec, nodes, previous assignments) to a placement, plus
+//! the tools to judge one: [`check`] verifies a placement, [`diff`] counts what moved.
+//!
+//! Deterministic by construction (no hashing, no floats, ties broken by node id), so every node
+//! can recompute the queen's plan and verify it. See [`place`] for the algorithm.
+//!
+//! - [`model`]: resolved inputs and the matching rules shared by the planner and the checker.
+//! - [`place`]: keep, place by priority with per-role score heaps, preempt, explain.
+//! - [`check`]: the verifier a simulator invariant calls.
+//! - [`diff`]: kept / moved / added / removed between two plans.
+
+mod check;
+mod diff;
+mod model;
+mod place;
+
+use swarm_core::spec::{ColonySpec, NodeRecord, Unplaced};
+use swarm_core::wire::Assignment;
+
+pub use check::check;
+pub use diff::{Diff, diff};
+pub use model::MAX_REPLICAS_PER_ROLE;
+
+/// A placement: every replica either assigned to a node or unplaced with a reason.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Sorted by (role, replica).
+    pub assignments: Vec<Assignment>,
+    /// Sorted by (role, replica).
+    pub unplaced: Vec<Unplaced>,
+}
+
+/// Place every replica of `spec` on `nodes` (sorted by id, unique), keeping replicas where
+/// `previous` put them whenever that is still feasible.
+///
+/// Replicas: `Replicas(n)` wants indices `0..n`; `Global` wants one replica on every node whose
+/// arch, labels and total capacity match `needs` or `fallback` (indices sticky per node).
+/// Feasible: arch and labels match, the node's remaining capacity covers the needs, and no
+/// anti-affinity conflict (symmetric; naming oneself means one per node). `fallback` needs are
+/// tried only when no node is feasible with `needs`.
+///
+/// Order: previous assignments still feasible are kept first (higher priority first); then
+/// roles are placed by priority (ties in declaration order). Spread picks the node with the
+/// fewest replicas of the role, then the least utilised after placement, then affinity; Pack
+/// picks the most utilised node after placement, then affinity; ties go to the lowest node id.
+/// A replica that fits nowhere evicts replicas of strictly lower priority where that costs
+/// least; the evicted are re-placed on their role's turn if they can be.
+///
+/// Never panics; nodes with duplicate ids keep their first record, duplicate role names keep
+/// the first role, unknown role names in (anti-)affinity are ignored, counts above
+/// [`MAX_REPLICAS_PER_ROLE`] are clamped and reported unplaced.
+pub fn plan(spec: &ColonySpec, nodes: &[NodeRecord], previous: &[Assignment]) -> Plan {
+    place::run(spec, nodes, previous)
+}
