@@ -134,7 +134,6 @@ fn imported_specs_parse_and_check() {
 }
 
 #[test]
-#[ignore = "needs dna::plan (merging)"]
 fn plan_json_accounts_for_every_replica() {
     let (file, text) = imported("web.compose.yaml");
     let spec = dna::spec::parse(&text, &file).unwrap().into_spec();
@@ -176,4 +175,25 @@ fn plan_json_accounts_for_every_replica() {
     let (code, table, stderr) = aware(&["spec", "plan", &file, "--nodes", &nodes]);
     assert_eq!(code, 0, "{stderr}");
     assert!(table.starts_with("ROLE"), "{table}");
+}
+
+#[test]
+fn plan_reports_unplaced_replicas_with_reasons() {
+    let spec = scratch(
+        "ml.spec.yaml",
+        "colony: ml\nroles:\n  train:\n    replicas: 3\n    needs: {cpu: 1, memory: 1Gi, gpus: 2}\n    workload: {image: trainer, gpus: 2}\n  web:\n    replicas: 2\n    needs: {cpu: 1, memory: 1Gi}\n    workload: {image: nginx}\n",
+    );
+    let nodes = repo_file("examples/nodes/rack.yaml");
+    let (code, stdout, stderr) = aware(&["spec", "plan", &spec, "--nodes", &nodes, "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let plan: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    // Only node 11 has two GPUs.
+    assert_eq!(plan["placements"].as_array().unwrap().len(), 3, "{stdout}");
+    let unplaced = plan["unplaced"].as_array().unwrap();
+    assert_eq!(unplaced.len(), 2, "{stdout}");
+    assert!(unplaced.iter().all(|u| u["role"] == "train"), "{stdout}");
+
+    let (code, table, _) = aware(&["spec", "plan", &spec, "--nodes", &nodes]);
+    assert_eq!(code, 0);
+    assert!(table.contains("\nunplaced (2):\n  train #"), "{table}");
 }
