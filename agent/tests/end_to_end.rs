@@ -42,8 +42,12 @@ fn aware(args: &[&str]) -> (i32, String, String) {
     )
 }
 
-fn scratch(name: &str, text: &str) -> String {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("end-to-end");
+/// Write a file under a directory of the test's own: tests run in parallel and must not rewrite
+/// a file another test is reading.
+fn scratch(test: &str, name: &str, text: &str) -> String {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("end-to-end")
+        .join(test);
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
@@ -51,14 +55,14 @@ fn scratch(name: &str, text: &str) -> String {
 }
 
 /// Import an example through the binary and save the spec next to the scratch files.
-fn imported(example: &str) -> (String, String) {
+fn imported(test: &str, example: &str) -> (String, String) {
     let file = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../examples/compose")
         .join(example);
     let (code, spec, stderr) = aware(&["spec", "import-compose", &file.display().to_string()]);
     assert_eq!(code, 0, "{stderr}");
     let name = example.replace(".compose.yaml", ".spec.yaml");
-    (scratch(&name, &spec), spec)
+    (scratch(test, &name, &spec), spec)
 }
 
 fn repo_file(path: &str) -> String {
@@ -94,10 +98,11 @@ fn spec_check_summarises_in_one_line() {
 #[test]
 fn spec_and_nodes_errors_are_all_reported_with_positions() {
     let spec = scratch(
+        "errors",
         "bad.spec.yaml",
         "colony: shop\nroles:\n  web:\n    replicas: lots\n    workload: {image: nginx}\n",
     );
-    let nodes = scratch("bad-nodes.yaml", "- {id: 1, cpu: 4}\n");
+    let nodes = scratch("errors", "bad-nodes.yaml", "- {id: 1, cpu: 4}\n");
     let (code, stdout, stderr) = aware(&["spec", "check", &spec, "--nodes", &nodes]);
     assert_eq!(code, 1);
     assert!(stdout.is_empty());
@@ -106,6 +111,7 @@ fn spec_and_nodes_errors_are_all_reported_with_positions() {
 
     // A request no node can meet is reported at the spec line that asks for it.
     let greedy = scratch(
+        "errors",
         "greedy.spec.yaml",
         "colony: ml\nroles:\n  train:\n    replicas: 1\n    needs: {cpu: 1, memory: 1Gi, gpus: 3}\n    workload: {image: trainer, gpus: 3}\n",
     );
@@ -123,10 +129,10 @@ fn spec_and_nodes_errors_are_all_reported_with_positions() {
 #[test]
 fn imported_specs_parse_and_check() {
     for example in ["ai-stack.compose.yaml", "web.compose.yaml"] {
-        let (file, text) = imported(example);
+        let (file, text) = imported("parse", example);
         let doc = dna::spec::parse(&text, &file);
         assert!(doc.is_ok(), "{example}:\n{}\n{text}", doc.unwrap_err());
-        let nodes = scratch("nodes.yaml", NODES);
+        let nodes = scratch("parse", "nodes.yaml", NODES);
         let (code, stdout, stderr) = aware(&["spec", "check", &file, "--nodes", &nodes]);
         assert_eq!(code, 0, "{stderr}");
         assert_eq!(stdout.lines().count(), 1, "{stdout}");
@@ -135,9 +141,9 @@ fn imported_specs_parse_and_check() {
 
 #[test]
 fn plan_json_accounts_for_every_replica() {
-    let (file, text) = imported("web.compose.yaml");
+    let (file, text) = imported("plan", "web.compose.yaml");
     let spec = dna::spec::parse(&text, &file).unwrap().into_spec();
-    let nodes = scratch("nodes.yaml", NODES);
+    let nodes = scratch("plan", "nodes.yaml", NODES);
     let (code, stdout, stderr) = aware(&["spec", "plan", &file, "--nodes", &nodes, "--json"]);
     assert_eq!(code, 0, "{stderr}");
     let plan: serde_json::Value = serde_json::from_str(&stdout).unwrap();
@@ -180,6 +186,7 @@ fn plan_json_accounts_for_every_replica() {
 #[test]
 fn plan_reports_unplaced_replicas_with_reasons() {
     let spec = scratch(
+        "unplaced",
         "ml.spec.yaml",
         "colony: ml\nroles:\n  train:\n    replicas: 3\n    needs: {cpu: 1, memory: 1Gi, gpus: 2}\n    workload: {image: trainer, gpus: 2}\n  web:\n    replicas: 2\n    needs: {cpu: 1, memory: 1Gi}\n    workload: {image: nginx}\n",
     );
