@@ -471,13 +471,15 @@ fn suggest_field(message: &str) -> String {
 /// The candidate closest to `found`, if one is close enough to be a typo.
 fn closest<'a>(found: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     let found = found.to_lowercase();
-    let mut best: Option<(usize, &'a str)> = None;
+    let mut best: Option<((usize, bool), &'a str)> = None;
     for candidate in candidates {
         let distance = edit_distance(&found, candidate);
         let close = distance <= (candidate.chars().count() / 3).max(1)
             || (found.chars().count() >= 3 && candidate.starts_with(found.as_str()));
-        if close && best.is_none_or(|(d, _)| distance < d) {
-            best = Some((distance, candidate));
+        // On equal distance, a candidate the typo is a prefix of wins (`gpu` → `gpus`).
+        let rank = (distance, !candidate.starts_with(found.as_str()));
+        if close && best.is_none_or(|(r, _)| rank < r) {
+            best = Some((rank, candidate));
         }
     }
     best.map(|(_, c)| c)

@@ -166,7 +166,7 @@ fn the_queen_plans_the_spec_and_her_successor_keeps_the_plan() {
         let r = Sim::new(
             &sc,
             Options {
-                nodes: 50,
+                nodes: 100,
                 seed,
                 duration_us: 45_000_000,
                 preload_membership: false,
@@ -192,4 +192,39 @@ fn the_queen_plans_the_spec_and_her_successor_keeps_the_plan() {
         assert_eq!(roles.moves.churn, 0, "seed {seed}: {:?}", roles.moves);
         assert!(roles.moves.forced <= 3, "seed {seed}: {:?}", roles.moves);
     }
+}
+
+#[test]
+fn worker_crashes_move_only_their_replicas_and_nothing_moves_back() {
+    let sc = scenario("roles-churn");
+    let dir = format!("{}/scenarios", env!("CARGO_MANIFEST_DIR"));
+    let path = format!("{dir}/{}", sc.spec.as_deref().unwrap());
+    let text = std::fs::read_to_string(&path).unwrap();
+    let spec = dna::spec::parse(&text, &path).unwrap().into_spec();
+    let r = Sim::new(
+        &sc,
+        Options {
+            nodes: 100,
+            seed: 1,
+            duration_us: sc.duration_us.unwrap(),
+            preload_membership: false,
+            debug: false,
+            spec: Some(std::sync::Arc::new(spec)),
+            timeline: false,
+        },
+    )
+    .run();
+    assert!(r.violations.is_empty(), "{:?}", r.violations);
+    let roles = r.roles.as_ref().unwrap();
+    assert_eq!((roles.assigned, roles.unplaced), (102, 0), "{roles:?}");
+    assert!(r.roles_assigned_s.unwrap() <= 1.0, "{:?}", r.queens);
+    // Five workers crash: their replicas move (forced), nothing else does, before or after
+    // they come back.
+    assert!(roles.moves.forced > 0, "{:?}", roles.moves);
+    assert_eq!(roles.moves.churn, 0, "{:?}", roles.moves);
+    assert!(
+        roles.moves.by_event.iter().all(|e| e.at_s == 40.0),
+        "{:?}",
+        roles.moves.by_event
+    );
 }
