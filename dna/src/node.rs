@@ -1680,6 +1680,12 @@ impl Node {
             return;
         }
         let me = self.cfg.node;
+        // Forget nodes that are neither alive nor voting members (bounds the registry).
+        let roster = &self.state.roster;
+        let keep =
+            |n: &NodeId| *n == me || self.live.contains_key(n) || roster.binary_search(n).is_ok();
+        reign.registry.retain(|n, _| keep(n));
+        reign.described.retain(|n, _| keep(n));
         let nodes: Vec<NodeRecord> = reign
             .registry
             .iter()
