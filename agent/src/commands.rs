@@ -335,21 +335,10 @@ pub fn caps(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use swarm_core::spec::{Needs, RoleSpec, Strategy, Workload};
+    use swarm_core::spec::RoleSpec;
 
     fn role(name: &str, count: Count) -> RoleSpec {
-        RoleSpec {
-            name: name.to_owned(),
-            count,
-            needs: Needs::default(),
-            fallback: None,
-            strategy: Strategy::Spread,
-            affinity: Vec::new(),
-            anti_affinity: Vec::new(),
-            priority: 0,
-            depends_on: Vec::new(),
-            workload: Workload::default(),
-        }
+        RoleSpec::new(name, count)
     }
 
     #[test]

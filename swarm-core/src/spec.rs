@@ -75,6 +75,25 @@ pub struct RoleSpec {
     pub workload: Workload,
 }
 
+impl RoleSpec {
+    /// A role with `count` replicas and every other field at its default: no needs, spread,
+    /// no affinities, priority 0, an empty workload.
+    pub fn new(name: &str, count: Count) -> RoleSpec {
+        RoleSpec {
+            name: name.to_owned(),
+            count,
+            needs: Needs::default(),
+            fallback: None,
+            strategy: Strategy::Spread,
+            affinity: Vec::new(),
+            anti_affinity: Vec::new(),
+            priority: 0,
+            depends_on: Vec::new(),
+            workload: Workload::default(),
+        }
+    }
+}
+
 /// The container (or process) a replica runs.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Workload {

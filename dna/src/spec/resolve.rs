@@ -280,18 +280,7 @@ fn merge(base: &Node, user: &Node, role_level: bool) -> Node {
 }
 
 fn role(d: &mut Diags, name: &str, name_pos: Pos, node: &Node) -> (RoleSpec, RoleInfo) {
-    let mut spec = RoleSpec {
-        name: name.to_owned(),
-        count: Count::Replicas(1),
-        needs: Needs::default(),
-        fallback: None,
-        strategy: Strategy::Spread,
-        affinity: Vec::new(),
-        anti_affinity: Vec::new(),
-        priority: 0,
-        depends_on: Vec::new(),
-        workload: Workload::default(),
-    };
+    let mut spec = RoleSpec::new(name, Count::Replicas(1));
     let mut info = RoleInfo {
         name_pos,
         needs: NeedsPos::default(),
