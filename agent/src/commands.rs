@@ -53,17 +53,10 @@ fn read(path: &Path) -> Result<(String, String), CommandError> {
     }
 }
 
-/// A parsed spec, the nodes it was checked against, and the template it names, if any.
+/// A parsed spec and the nodes it was checked against.
 struct Loaded {
     doc: SpecDoc,
     nodes: Vec<NodeRecord>,
-    template: Option<String>,
-}
-
-/// The top-level `template:` of a spec that already parsed (`SpecDoc` does not keep it).
-fn template_name(text: &str) -> Option<String> {
-    let doc: serde_norway::Value = serde_norway::from_str(text).ok()?;
-    doc.get("template")?.as_str().map(str::to_owned)
 }
 
 /// Parse a spec and, when given, a nodes file, reporting the errors of both at once.
@@ -83,7 +76,6 @@ fn load(spec: &Path, nodes: Option<&Path>) -> Result<Loaded, CommandError> {
             Ok(Loaded {
                 doc,
                 nodes: records,
-                template: template_name(&spec_text),
             })
         }
         (Err(SpecErrors(mut a)), Err(SpecErrors(b))) => {
@@ -128,7 +120,7 @@ pub fn summary(spec: &ColonySpec) -> String {
 pub fn spec_check(spec: &Path, nodes: Option<&Path>) -> Result<Output, CommandError> {
     let loaded = load(spec, nodes)?;
     let mut line = summary(loaded.doc.spec());
-    if let Some(template) = &loaded.template {
+    if let Some(template) = loaded.doc.template() {
         let _ = write!(line, " (template {template})");
     }
     if nodes.is_some() {
@@ -357,16 +349,6 @@ mod tests {
             roles: vec![role("a", Count::Replicas(1))],
         };
         assert_eq!(summary(&one), "x: 1 role, 1 replica");
-    }
-
-    #[test]
-    fn template_name_is_read_from_the_top_level() {
-        assert_eq!(
-            template_name("colony: shop\ntemplate: web-tier\n").as_deref(),
-            Some("web-tier")
-        );
-        assert_eq!(template_name("colony: shop\nroles: {}\n"), None);
-        assert_eq!(template_name("[unclosed"), None);
     }
 
     #[test]

@@ -221,6 +221,13 @@ pub struct NotQueen {
     pub queen: Option<NodeId>,
 }
 
+impl Reign {
+    /// Every live member has registered its capabilities with her.
+    fn knows_all(&self, live: &BTreeMap<NodeId, SwimId>) -> bool {
+        live.keys().all(|n| self.registry.contains_key(n))
+    }
+}
+
 /// Counters a driver may export as metrics.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Stats {
@@ -958,6 +965,12 @@ impl Node {
 
     // ---- worker: obeying -----------------------------------------------------------------
 
+    /// Whether `from` is the queen of `term` this worker last obeyed.
+    fn obeys(&self, from: NodeId, term: u64) -> bool {
+        self.lease
+            .is_some_and(|l| l.term == term && l.queen == from)
+    }
+
     fn lease_valid(&self, now: Time) -> bool {
         self.lease.is_some_and(|l| l.until > now)
     }
@@ -1560,17 +1573,8 @@ impl Node {
         self.commit_if_alone();
         self.publish_scent(now, true);
         self.on_heartbeat_timer(self.term, now);
-        // The first plan waits for registrations, but no longer than `register_wait_ms`.
-        let everyone = self
-            .reign
-            .as_ref()
-            .is_some_and(|r| self.live.keys().all(|n| r.registry.contains_key(n)));
-        let delay = if everyone {
-            self.cfg.plan_delay_ms
-        } else {
-            self.cfg.register_wait_ms
-        };
-        self.want_plan(now, delay);
+        // The first plan waits for registrations (see `on_plan_timer`).
+        self.want_plan(now, self.cfg.plan_delay_ms);
     }
 
     // ---- queen: registration and planning -------------------------------------------------
@@ -1619,7 +1623,7 @@ impl Node {
         reign.registry.insert(from, (digest, caps));
         reign.described.remove(&from);
         let waiting = now.since(reign.crowned_at) < ms(self.cfg.register_wait_ms);
-        let everyone = self.live.keys().all(|n| reign.registry.contains_key(n));
+        let everyone = reign.knows_all(&self.live);
         let planning = reign.pending_spec.is_some() || self.state.spec.is_some();
         if waiting && everyone && planning {
             // The last registration the first plan waited for: plan now, not at the deadline
@@ -1665,9 +1669,9 @@ impl Node {
         let Some(reign) = &mut self.reign else { return };
         reign.plan_armed = false;
         let waited = now.since(reign.crowned_at) >= ms(self.cfg.register_wait_ms);
-        let everyone = self.live.keys().all(|n| reign.registry.contains_key(n));
-        if !waited && !everyone {
-            // More registrations are on their way; the crowning armed a timer at the deadline.
+        if !waited && !reign.knows_all(&self.live) {
+            // More registrations are on their way: plan at the deadline, or when the last one
+            // arrives (`on_register`), whichever comes first.
             let deadline = reign.crowned_at + ms(self.cfg.register_wait_ms);
             reign.plan_armed = true;
             self.schedule(deadline, Timer::Plan { term });
@@ -2129,10 +2133,7 @@ impl Node {
                 self.check_registered(from, reply_to, term, caps, now);
             }
             ColonyMsg::Describe { term } => {
-                let from_my_queen = self
-                    .lease
-                    .is_some_and(|l| l.term == term && l.queen == from);
-                if from_my_queen && term == self.term && self.role == Role::Worker {
+                if self.obeys(from, term) && term == self.term && self.role == Role::Worker {
                     let msg = ColonyMsg::Register {
                         term,
                         caps: self.cfg.caps.clone(),
@@ -2147,10 +2148,7 @@ impl Node {
                 commit,
             } => self.on_state(from, reply_to, term, state, commit, now),
             ColonyMsg::HandOver { term } => {
-                let from_my_queen = self
-                    .lease
-                    .is_some_and(|l| l.term == term && l.queen == from);
-                if from_my_queen
+                if self.obeys(from, term)
                     && term == self.term
                     && self.role == Role::Worker
                     && self.cfg.queen_affinity > 0.0

@@ -201,3 +201,11 @@ fn hostile_mutations_never_panic() {
         &std::fs::read_to_string(root().join("examples/nodes/rack.yaml")).unwrap(),
     );
 }
+
+#[test]
+fn a_spec_knows_the_template_it_starts_from() {
+    let doc = dna::spec::parse("colony: shop\ntemplate: web-tier\n", "shop.yaml").unwrap();
+    assert_eq!(doc.template(), Some("web-tier"));
+    let own = "colony: x\nroles:\n  web:\n    workload: {image: nginx}\n";
+    assert_eq!(dna::spec::parse(own, "x.yaml").unwrap().template(), None);
+}

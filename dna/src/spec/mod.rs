@@ -65,6 +65,7 @@ pub struct SpecDoc {
     /// Source names by index: 0 is the user's file, 1 the template (if any).
     files: Vec<String>,
     info: Vec<resolve::RoleInfo>,
+    template: Option<String>,
 }
 
 impl SpecDoc {
@@ -74,6 +75,11 @@ impl SpecDoc {
 
     pub fn into_spec(self) -> ColonySpec {
         self.spec
+    }
+
+    /// The built-in template the spec starts from (`template:`), if any.
+    pub fn template(&self) -> Option<&str> {
+        self.template.as_deref()
     }
 
     /// Requests no node could ever satisfy (e.g. 3 GPUs when the largest node has 2), each
@@ -242,7 +248,8 @@ pub fn parse(text: &str, file: &str) -> Result<SpecDoc, SpecErrors> {
         yaml::load(text, 1).ok().flatten()
     };
     let resolved = resolve::resolve(&mut d, &root, &load_template);
-    if let Some(t) = templates::used(&root) {
+    let used = templates::used(&root);
+    if let Some(t) = &used {
         files.push(format!("template:{t}.yaml"));
     }
     match resolved {
@@ -250,6 +257,7 @@ pub fn parse(text: &str, file: &str) -> Result<SpecDoc, SpecErrors> {
             spec: r.spec,
             files,
             info: r.info,
+            template: used.map(|t| t.to_string()),
         }),
         _ => Err(SpecErrors(d.into_errors(&files))),
     }
