@@ -73,6 +73,25 @@ pub struct RoleSpec {
     /// Roles that must be started before this one (start order; no cycles).
     pub depends_on: Vec<String>,
     pub workload: Workload,
+    /// The role keeps state on its node (it mounts a writable volume, or the spec says
+    /// `stateful: true`): see `reschedule_after_ms`.
+    pub stateful: bool,
+    /// How long its replicas keep their placement on a node the queen's SWIM view has declared
+    /// down before they move elsewhere; 0 = at once. The spec's default is 5 minutes for a
+    /// stateful role and 0 otherwise, so a short partition or a reboot does not start a second
+    /// database elsewhere.
+    pub reschedule_after_ms: u32,
+    /// What its replicas do when the endpoints of a role in `depends_on` change.
+    pub on_endpoints_change: OnEndpointsChange,
+}
+
+/// What a role's replicas do when the endpoints (`dna::endpoints`) of a role they depend on
+/// change: nothing (the workload finds its peers itself, e.g. by DNS), or restart.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OnEndpointsChange {
+    #[default]
+    Ignore,
+    Restart,
 }
 
 impl RoleSpec {
@@ -90,6 +109,9 @@ impl RoleSpec {
             priority: 0,
             depends_on: Vec::new(),
             workload: Workload::default(),
+            stateful: false,
+            reschedule_after_ms: 0,
+            on_endpoints_change: OnEndpointsChange::Ignore,
         }
     }
 }
@@ -181,8 +203,13 @@ pub enum UnplacedReason {
     Capacity { detail: String },
     /// Every node with room already runs a role this one refuses to share with.
     AntiAffinity { detail: String },
+    /// Every node with room already publishes a host port this role publishes.
+    PortConflict { detail: String },
     /// Lower priority than roles that took the remaining capacity.
     Preempted { detail: String },
+    /// It failed (its worker's restart policy gave up) on the nodes the detail names: it waits
+    /// out its backoff, or no other node fits.
+    Failing { detail: String },
 }
 
 impl std::fmt::Display for UnplacedReason {
@@ -191,7 +218,9 @@ impl std::fmt::Display for UnplacedReason {
             UnplacedReason::NoMatchingNode { detail } => write!(f, "no matching node: {detail}"),
             UnplacedReason::Capacity { detail } => write!(f, "not enough capacity: {detail}"),
             UnplacedReason::AntiAffinity { detail } => write!(f, "anti-affinity: {detail}"),
+            UnplacedReason::PortConflict { detail } => write!(f, "port conflict: {detail}"),
             UnplacedReason::Preempted { detail } => write!(f, "lower priority: {detail}"),
+            UnplacedReason::Failing { detail } => write!(f, "failing: {detail}"),
         }
     }
 }
@@ -204,9 +233,87 @@ pub struct Unplaced {
     pub reason: UnplacedReason,
 }
 
-/// A node as the planner sees it: its id and what it registered.
+/// A node as the planner sees it: its id, what it registered, and the IP its replicas are
+/// reached at (published host ports listen there; `dna::endpoints`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeRecord {
     pub node: NodeId,
     pub caps: crate::Capabilities,
+    /// The node's address as the queen's SWIM view knows it (its gossip address); `None` for
+    /// nodes that were never seen (a nodes file, a test).
+    pub ip: Option<std::net::IpAddr>,
+}
+
+impl NodeRecord {
+    /// A node with no known address.
+    pub fn new(node: NodeId, caps: crate::Capabilities) -> NodeRecord {
+        NodeRecord {
+            node,
+            caps,
+            ip: None,
+        }
+    }
+}
+
+/// Most nodes a [`Failure`] remembers (the most recent ones).
+pub const MAX_FAILED_NODES: usize = 8;
+/// Most bytes of a failure's or a report's detail text.
+pub const MAX_DETAIL_BYTES: usize = 256;
+
+/// A replica that failed (its worker's restart policy gave up): the plan keeps it off the nodes
+/// it failed on, and after a repeated failure keeps it unplaced for a backoff. Part of the
+/// committed state, so a new queen inherits it and the plan stays a pure function of committed
+/// data. Durations are relative to the moment the queen proposed the version that carries them
+/// (clocks are per node): a new queen counts them from her crowning, which only lengthens them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    pub role: String,
+    pub replica: u32,
+    /// The nodes it failed on, oldest first, at most [`MAX_FAILED_NODES`]: the plan places it
+    /// on none of them.
+    pub nodes: Vec<NodeId>,
+    /// Failures in a row: the first moves it at once, each later one waits a backoff first.
+    pub count: u32,
+    /// What its worker said about the last failure (at most [`MAX_DETAIL_BYTES`]).
+    pub detail: String,
+    /// Backoff left: while positive the replica stays unplaced (`UnplacedReason::Failing`).
+    pub retry_in_ms: u64,
+    /// Until the record is forgotten (then the nodes are no longer avoided).
+    pub forget_in_ms: u64,
+}
+
+impl Failure {
+    /// In backoff: placed nowhere yet.
+    pub fn waiting(&self) -> bool {
+        self.retry_in_ms > 0
+    }
+
+    /// Equal for planning (the time left aside, except whether a backoff runs).
+    pub fn same_plan(&self, other: &Failure) -> bool {
+        (
+            &self.role,
+            self.replica,
+            &self.nodes,
+            self.count,
+            &self.detail,
+            self.waiting(),
+        ) == (
+            &other.role,
+            other.replica,
+            &other.nodes,
+            other.count,
+            &other.detail,
+            other.waiting(),
+        )
+    }
+}
+
+/// A node the queen's SWIM view declares down, kept in the plan because replicas of roles with
+/// a `reschedule_after_ms` still wait for it: those replicas keep their placement there, and
+/// nothing new is placed on it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldNode {
+    pub node: NodeId,
+    /// The roles whose replicas keep their placement on it, sorted.
+    pub roles: Vec<String>,
 }

@@ -55,6 +55,43 @@ pub struct Scent {
     pub queen: bool,
 }
 
+/// A scent as the [`ScentBook`] keeps it: without the node id, which is its key (one entry
+/// per known member in every node, so every byte counts n² times in a simulated colony).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ScentEntry {
+    pub seq: u32,
+    pub pheromone: Pheromone,
+    pub version: Version,
+    pub term: u64,
+    pub queen: bool,
+}
+
+impl ScentEntry {
+    /// The scent of `node` this entry holds.
+    pub fn scent(&self, node: NodeId) -> Scent {
+        Scent {
+            node,
+            seq: self.seq,
+            pheromone: self.pheromone,
+            version: self.version,
+            term: self.term,
+            queen: self.queen,
+        }
+    }
+}
+
+impl From<Scent> for ScentEntry {
+    fn from(s: Scent) -> ScentEntry {
+        ScentEntry {
+            seq: s.seq,
+            pheromone: s.pheromone,
+            version: s.version,
+            term: s.term,
+            queen: s.queen,
+        }
+    }
+}
+
 /// Largest encoded scent accepted from the wire.
 pub const SCENT_MAX_BYTES: usize = 64;
 
@@ -101,20 +138,20 @@ impl Invalidates for ScentKey {
 /// writes) and the node's state machine (which reads); ordered so iteration is deterministic.
 #[derive(Clone, Debug, Default)]
 pub struct ScentBook {
-    book: Arc<Mutex<BTreeMap<NodeId, Scent>>>,
+    book: Arc<Mutex<BTreeMap<NodeId, ScentEntry>>>,
     /// Bumped on every change, so readers can cache what they derive from the book.
     generation: Arc<AtomicU64>,
 }
 
 impl ScentBook {
-    pub fn lock(&self) -> MutexGuard<'_, BTreeMap<NodeId, Scent>> {
+    pub fn lock(&self) -> MutexGuard<'_, BTreeMap<NodeId, ScentEntry>> {
         self.book
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn get(&self, node: NodeId) -> Option<Scent> {
-        self.lock().get(&node).copied()
+        self.lock().get(&node).map(|e| e.scent(node))
     }
 
     /// Keeps `scent` if it is newer than what the book holds (anti-entropy; not re-gossiped).
@@ -123,7 +160,7 @@ impl ScentBook {
         match book.get(&scent.node) {
             Some(known) if known.seq >= scent.seq => false,
             _ => {
-                book.insert(scent.node, scent);
+                book.insert(scent.node, scent.into());
                 self.generation.fetch_add(1, Ordering::Relaxed);
                 true
             }
