@@ -1,7 +1,6 @@
 //! Node configuration. Durations carry their unit in the name; defaults are tuned for a LAN.
 
 use std::net::SocketAddr;
-use swarm_core::seal::ColonyKey;
 use swarm_core::{Capabilities, NodeId};
 
 #[derive(Clone, Debug)]
@@ -11,7 +10,6 @@ pub struct Config {
     pub addr: SocketAddr,
     /// Nodes to announce to on start (the node's own address is skipped).
     pub seeds: Vec<SocketAddr>,
-    pub key: ColonyKey,
     pub caps: Capabilities,
     /// Operator weight in `0.0..=1.0`; `0.0` means this node never stands as queen.
     pub queen_affinity: f64,
@@ -23,7 +21,7 @@ pub struct Config {
     /// The queen sends a heartbeat to every member this often.
     pub heartbeat_ms: u64,
     /// A worker obeys a queen for this long after her last heartbeat, and refuses to vote while
-    /// it does. Much shorter than SWIM's failure detection.
+    /// it does. Shorter than SWIM's failure detection (a crash is known ~1.5 s later).
     pub lease_ms: u64,
     /// The queen reigns for this long after the send time of a heartbeat a majority acknowledged.
     /// Must be below `lease_ms` by more than the worst clock drift over one lease.
@@ -51,10 +49,29 @@ pub struct Config {
     pub announce_retry_ms: u64,
     /// Heirs named in each heartbeat.
     pub heirs: usize,
+    /// A member that comes up in a node's view gets this many hellos ...
+    pub hello_copies: u8,
+    /// ... this far apart.
+    pub greet_again_ms: u64,
     /// Every this many ticks a node asks one random peer for its full member list.
     pub anti_entropy_ticks: u64,
     /// foca's gossip period (it wakes every node this often, so it is a cost even when idle).
     pub swim_gossip_ms: u64,
+    /// SWIM: every node probes one member (round-robin over a shuffled list) this often.
+    pub probe_period_ms: u64,
+    /// SWIM: no ack this long after the ping starts the indirect probes.
+    pub probe_rtt_ms: u64,
+    /// SWIM: members asked to ping a silent member on the prober's behalf.
+    pub indirect_probes: usize,
+    /// SWIM: a suspected member that has not refuted within this is declared down.
+    pub suspect_to_down_ms: u64,
+    /// A death this node declared is pushed to every member this many times, `greet_again_ms`
+    /// apart.
+    pub down_pushes: u8,
+    /// A suspected member is told so directly this many times ...
+    pub buddy_sends: u8,
+    /// ... this far apart, while the suspicion stands.
+    pub buddy_ms: u64,
     /// Each SWIM update is retransmitted `factor·log10(n+1)` times (at least 3).
     pub swim_retransmit_factor: f64,
     /// The queen re-plans this long after the first change to its inputs (nodes, spec), so a
@@ -66,12 +83,11 @@ pub struct Config {
 }
 
 impl Config {
-    pub fn new(node: NodeId, addr: SocketAddr, key: ColonyKey) -> Config {
+    pub fn new(node: NodeId, addr: SocketAddr) -> Config {
         Config {
             node,
             addr,
             seeds: Vec::new(),
-            key,
             caps: Capabilities::default(),
             queen_affinity: 1.0,
             bootstrap_expect: 1,
@@ -90,8 +106,17 @@ impl Config {
             tick_ms: 1000,
             announce_retry_ms: 500,
             heirs: 4,
+            hello_copies: 3,
+            greet_again_ms: 200,
             anti_entropy_ticks: 5,
-            swim_gossip_ms: 500,
+            swim_gossip_ms: 200,
+            probe_period_ms: 200,
+            probe_rtt_ms: 80,
+            indirect_probes: 5,
+            suspect_to_down_ms: 1200,
+            down_pushes: 2,
+            buddy_sends: 5,
+            buddy_ms: 200,
             swim_retransmit_factor: 2.0,
             plan_delay_ms: 20,
             register_wait_ms: 600,
@@ -115,6 +140,16 @@ impl Config {
         }
         if self.bootstrap_expect == 0 {
             return Err(ConfigError("bootstrap_expect must be at least 1".into()));
+        }
+        if self.probe_rtt_ms == 0 || self.probe_rtt_ms >= self.probe_period_ms {
+            return Err(ConfigError(
+                "probe_rtt_ms must be positive and below probe_period_ms".into(),
+            ));
+        }
+        if self.suspect_to_down_ms == 0 || self.swim_gossip_ms == 0 || self.indirect_probes == 0 {
+            return Err(ConfigError(
+                "suspect_to_down_ms, swim_gossip_ms and indirect_probes must be positive".into(),
+            ));
         }
         if self.tick_ms == 0 || self.round_timeout_ms == 0 {
             return Err(ConfigError(

@@ -11,10 +11,13 @@
 //! - [`spec`]: the colony-spec language (YAML → [`swarm_core::spec::ColonySpec`]) and templates.
 //! - [`plan`]: the planner, a pure function from spec, nodes and previous plan to placements.
 //! - [`timer`]: the node's own timer queue.
-//! - [`node`]: SWIM membership (foca), election, reign and colony-state replication.
+//! - [`node`]: SWIM membership (foca), election, reign and colony-state replication; replica
+//!   reports, colony-wide health ([`healthy_roles`]) and failure handling.
+//! - [`endpoints`]: where a role's replicas are reached (`ip:port`), from committed data.
 
 pub mod config;
 pub mod election;
+mod endpoints;
 pub mod node;
 pub mod pheromone;
 pub mod plan;
@@ -23,4 +26,8 @@ pub mod spec;
 pub mod timer;
 
 pub use config::Config;
-pub use node::{AbdicateReason, Event, Node, NotQueen, Persisted, Role, Transmit};
+pub use endpoints::endpoints;
+pub use node::{
+    AbdicateReason, Event, Lane, Move, MoveReason, Node, NotQueen, Persisted, ReplicaRow, Role,
+    Transmit, healthy_roles,
+};

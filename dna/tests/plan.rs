@@ -3,14 +3,15 @@
 //! anti-affinity, pack vs spread snapshots, and the checker rejecting bad plans.
 #![allow(clippy::unwrap_used)]
 
-use dna::plan::{Plan, check, diff, plan};
+use dna::plan::{Exclusions, Plan, check, check_excluding, diff, plan, plan_excluding};
 use expect_test::{Expect, expect};
 use rand::rngs::ChaCha8Rng;
 use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
 use std::collections::BTreeMap;
 use swarm_core::spec::{
-    ColonySpec, Count, Needs, NodeRecord, RoleSpec, Strategy, UnplacedReason, Workload,
+    ColonySpec, Count, Failure, HeldNode, Needs, NodeRecord, Port, Protocol, RoleSpec, Strategy,
+    UnplacedReason,
 };
 use swarm_core::wire::Assignment;
 use swarm_core::{Capabilities, NodeId};
@@ -29,6 +30,7 @@ fn node(id: u64, cpu: u32, mem: u64) -> NodeRecord {
             arch: "x86_64".into(),
             labels: BTreeMap::new(),
         },
+        ip: None,
     }
 }
 
@@ -48,16 +50,8 @@ fn needs(cpu: u32, mem: u64) -> Needs {
 
 fn role(name: &str, count: u32, cpu: u32, mem: u64) -> RoleSpec {
     RoleSpec {
-        name: name.into(),
-        count: Count::Replicas(count),
         needs: needs(cpu, mem),
-        fallback: None,
-        strategy: Strategy::Spread,
-        affinity: vec![],
-        anti_affinity: vec![],
-        priority: 0,
-        depends_on: vec![],
-        workload: Workload::default(),
+        ..RoleSpec::new(name, Count::Replicas(count))
     }
 }
 
@@ -72,12 +66,21 @@ fn uniform_nodes(n: u64, cpu: u32, mem: u64) -> Vec<NodeRecord> {
     (1..=n).map(|i| node(i, cpu, mem)).collect()
 }
 
-/// A compact rendering: `role/replica -> node` (with `*` for fallback), then unplaced.
+/// A compact rendering: `role/replica -> node` (with `(fallback)`, and the GPU indices when
+/// there are any), then unplaced.
 fn render(p: &Plan) -> String {
     let mut s = String::new();
     for a in &p.assignments {
         let fb = if a.fallback { " (fallback)" } else { "" };
-        s.push_str(&format!("{}/{} -> {}{fb}\n", a.role, a.replica, a.node.0));
+        let gpus = if a.gpus.is_empty() {
+            String::new()
+        } else {
+            format!(" gpus {:?}", a.gpus)
+        };
+        s.push_str(&format!(
+            "{}/{} -> {}{fb}{gpus}\n",
+            a.role, a.replica, a.node.0
+        ));
     }
     for u in &p.unplaced {
         s.push_str(&format!(
@@ -135,6 +138,11 @@ fn sorted(p: &Plan) -> bool {
 
 const NAMES: [&str; 8] = ["api", "db", "web", "cache", "gpu", "batch", "log", "queue"];
 const ARCHS: [&str; 2] = ["x86_64", "aarch64"];
+const PORTS: [(u16, Protocol); 3] = [
+    (80, Protocol::Tcp),
+    (443, Protocol::Tcp),
+    (80, Protocol::Udp),
+];
 
 fn random_needs(rng: &mut ChaCha8Rng) -> Needs {
     let mut n = needs(
@@ -188,6 +196,17 @@ fn random_spec(rng: &mut ChaCha8Rng) -> ColonySpec {
             r.anti_affinity.push(n);
         }
         r.priority = rng.random_range(-2..=2);
+        // Host ports from a small pool, so roles clash on nodes now and then.
+        for _ in 0..rng.random_range(0..3) {
+            if rng.random_bool(0.4) {
+                let (host, protocol) = PORTS[rng.random_range(0..PORTS.len())];
+                r.workload.ports.push(Port {
+                    container: host,
+                    host: Some(host),
+                    protocol,
+                });
+            }
+        }
         roles.push(r);
     }
     colony(roles)
@@ -271,12 +290,16 @@ fn random_plans_are_valid_deterministic_and_stable() {
     let mut tally = |p: &Plan| {
         *seen.entry("assigned").or_default() += p.assignments.len();
         *seen.entry("fallback").or_default() += p.assignments.iter().filter(|a| a.fallback).count();
+        *seen.entry("with GPUs").or_default() +=
+            p.assignments.iter().filter(|a| !a.gpus.is_empty()).count();
         for u in &p.unplaced {
             let k = match u.reason {
                 UnplacedReason::NoMatchingNode { .. } => "no matching node",
                 UnplacedReason::Capacity { .. } => "capacity",
                 UnplacedReason::AntiAffinity { .. } => "anti-affinity",
+                UnplacedReason::PortConflict { .. } => "port conflict",
                 UnplacedReason::Preempted { .. } => "preempted",
+                UnplacedReason::Failing { .. } => "failing",
             };
             *seen.entry(k).or_default() += 1;
         }
@@ -326,6 +349,10 @@ fn random_plans_are_valid_deterministic_and_stable() {
                 replica: rng.random_range(0..14),
                 node: NodeId(rng.random_range(0..40u64) * 10),
                 fallback: rng.random_bool(0.3),
+                gpus: {
+                    let k = rng.random_range(0..3);
+                    (0..k).map(|_| rng.random_range(0..5u16)).collect()
+                },
             })
             .collect();
         properties(
@@ -340,9 +367,11 @@ fn random_plans_are_valid_deterministic_and_stable() {
     for k in [
         "assigned",
         "fallback",
+        "with GPUs",
         "no matching node",
         "capacity",
         "anti-affinity",
+        "port conflict",
         "preempted",
     ] {
         assert!(
@@ -583,7 +612,7 @@ fn gpu_role_falls_back_to_cpu_and_stays_there() {
     check_snapshot(
         &p0,
         expect![[r#"
-            infer/0 -> 1
+            infer/0 -> 1 gpus [0]
             infer/1 -> 2 (fallback)
             infer/2 -> 2 (fallback)
         "#]],
@@ -603,9 +632,9 @@ fn gpu_role_falls_back_to_cpu_and_stays_there() {
     check_snapshot(
         &p2,
         expect![[r#"
-            infer/0 -> 1
-            infer/1 -> 3
-            infer/2 -> 3
+            infer/0 -> 1 gpus [0]
+            infer/1 -> 3 gpus [0]
+            infer/2 -> 3 gpus [1]
         "#]],
     );
 }
@@ -627,7 +656,7 @@ fn no_matching_node_explains_what_is_missing() {
     check_snapshot(
         &p,
         expect![[r#"
-            arm/0 unplaced: no matching node: needs arch aarch64; nodes have x86_64
+            arm/0 unplaced: no matching node: needs arch arm64; nodes have amd64
             big/0 unplaced: no matching node: needs 1048576 MiB memory; largest node has 16384
             infer/0 unplaced: no matching node: needs 8 GPUs; largest node has 2; fallback: needs 100000 mCPU; largest node has 8000
             infer/1 unplaced: no matching node: needs 8 GPUs; largest node has 2; fallback: needs 100000 mCPU; largest node has 8000
@@ -755,12 +784,14 @@ fn preemption_prefers_evicting_the_lowest_priority_and_replaces_the_evicted() {
             replica: 0,
             node: NodeId(1),
             fallback: false,
+            gpus: Vec::new(),
         },
         Assignment {
             role: "mid".into(),
             replica: 0,
             node: NodeId(2),
             fallback: false,
+            gpus: Vec::new(),
         },
     ];
     let mut top = role("top", 1, 2000, 256);
@@ -821,6 +852,7 @@ fn preemption_never_evicts_equal_or_higher_priority() {
         replica: 0,
         node: NodeId(1),
         fallback: false,
+        gpus: Vec::new(),
     }];
     let p = plan(&colony(vec![a, b]), &nodes, &prev);
     check_snapshot(
@@ -888,6 +920,7 @@ fn affinity_breaks_ties_toward_colocation() {
         replica: 0,
         node: NodeId(3),
         fallback: false,
+        gpus: Vec::new(),
     }];
     let mut app = role("app", 1, 1000, 1024);
     app.strategy = Strategy::Pack;
@@ -901,6 +934,7 @@ fn affinity_breaks_ties_toward_colocation() {
         replica: 0,
         node: NodeId(2),
         fallback: false,
+        gpus: Vec::new(),
     });
     let p = plan(&colony(vec![cache, other, app]), &nodes, &prev2);
     check_snapshot(
@@ -944,6 +978,195 @@ fn pack_fills_nodes_spread_balances_them() {
             svc/2 -> 1
             svc/3 -> 1
             svc/4 -> 1
+        "#]],
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Host ports and GPU indices
+
+fn publishing(name: &str, count: u32, ports: &[(u16, Protocol)]) -> RoleSpec {
+    let mut r = role(name, count, 500, 256);
+    r.workload.ports = ports
+        .iter()
+        .map(|&(host, protocol)| Port {
+            container: host,
+            host: Some(host),
+            protocol,
+        })
+        .collect();
+    r
+}
+
+#[test]
+fn two_roles_publishing_port_80_spread_and_the_extra_one_says_why() {
+    let web = publishing("web", 1, &[(80, Protocol::Tcp)]);
+    let proxy = publishing("proxy", 1, &[(80, Protocol::Tcp), (443, Protocol::Tcp)]);
+    let spec = colony(vec![web, proxy]);
+    // Both would fit one node by capacity; the port sends them to different nodes.
+    let two = uniform_nodes(2, 4000, 8192);
+    let p = plan(&spec, &two, &[]);
+    valid(&spec, &two, &p, "two nodes");
+    check_snapshot(
+        &p,
+        expect![[r#"
+            proxy/0 -> 2
+            web/0 -> 1
+        "#]],
+    );
+    let one = uniform_nodes(1, 4000, 8192);
+    let p = plan(&spec, &one, &[]);
+    valid(&spec, &one, &p, "one node");
+    check_snapshot(
+        &p,
+        expect![[r#"
+            web/0 -> 1
+            proxy/0 unplaced: port conflict: host port 80/tcp already published on 1 node with room (by web)
+        "#]],
+    );
+    assert!(matches!(
+        p.unplaced[0].reason,
+        UnplacedReason::PortConflict { .. }
+    ));
+}
+
+#[test]
+fn a_published_port_means_one_replica_per_node_and_protocols_do_not_clash() {
+    let dns_tcp = publishing("dns-tcp", 3, &[(53, Protocol::Tcp)]);
+    let dns_udp = publishing("dns-udp", 2, &[(53, Protocol::Udp)]);
+    let spec = colony(vec![dns_tcp, dns_udp]);
+    let nodes = uniform_nodes(2, 8000, 8192);
+    let p = plan(&spec, &nodes, &[]);
+    valid(&spec, &nodes, &p, "dns");
+    check_snapshot(
+        &p,
+        expect![[r#"
+            dns-tcp/0 -> 1
+            dns-tcp/1 -> 2
+            dns-udp/0 -> 1
+            dns-udp/1 -> 2
+            dns-tcp/2 unplaced: port conflict: host port 53/tcp already published on 2 nodes with room (by dns-tcp)
+        "#]],
+    );
+}
+
+#[test]
+fn a_global_role_with_a_host_port_runs_once_per_node_and_keeps_others_off_it() {
+    let mut ingress = publishing("ingress", 0, &[(80, Protocol::Tcp)]);
+    ingress.count = Count::Global;
+    ingress.priority = 10;
+    let web = publishing("web", 1, &[(80, Protocol::Tcp)]);
+    let spec = colony(vec![ingress, web]);
+    let nodes = uniform_nodes(3, 4000, 8192);
+    let p = plan(&spec, &nodes, &[]);
+    valid(&spec, &nodes, &p, "global ingress");
+    check_snapshot(
+        &p,
+        expect![[r#"
+            ingress/0 -> 1
+            ingress/1 -> 2
+            ingress/2 -> 3
+            web/0 unplaced: port conflict: host port 80/tcp already published on 3 nodes with room (by ingress)
+        "#]],
+    );
+}
+
+#[test]
+fn a_higher_priority_role_evicts_the_holder_of_its_port() {
+    let nodes = uniform_nodes(1, 8000, 8192);
+    let low = publishing("low", 1, &[(80, Protocol::Tcp)]);
+    let p0 = plan(&colony(vec![low.clone()]), &nodes, &[]);
+    let mut high = publishing("high", 1, &[(80, Protocol::Tcp)]);
+    high.priority = 5;
+    let spec = colony(vec![low, high]);
+    let p1 = plan(&spec, &nodes, &p0.assignments);
+    valid(&spec, &nodes, &p1, "port preemption");
+    check_snapshot(
+        &p1,
+        expect![[r#"
+            high/0 -> 1
+            low/0 unplaced: port conflict: host port 80/tcp already published on 1 node with room (by high)
+        "#]],
+    );
+}
+
+fn gpu_role(name: &str, count: u32, gpus: u16) -> RoleSpec {
+    let mut r = role(name, count, 500, 256);
+    r.needs.gpus = gpus;
+    r.workload.gpus = gpus;
+    r
+}
+
+#[test]
+fn replicas_get_their_own_gpus_and_keep_them_across_re_plans() {
+    let nodes = vec![
+        gpu_node(1, 16_000, 65_536, 4),
+        gpu_node(2, 16_000, 65_536, 2),
+    ];
+    let mut train = gpu_role("train", 1, 2);
+    train.priority = 5;
+    let mut infer = gpu_role("infer", 3, 1);
+    infer.strategy = Strategy::Pack;
+    let spec = colony(vec![train.clone(), infer.clone()]);
+    let p0 = plan(&spec, &nodes, &[]);
+    valid(&spec, &nodes, &p0, "gpus");
+    check_snapshot(
+        &p0,
+        expect![[r#"
+            infer/0 -> 1 gpus [2]
+            infer/1 -> 1 gpus [3]
+            infer/2 -> 2 gpus [0]
+            train/0 -> 1 gpus [0, 1]
+        "#]],
+    );
+    // Stickiness: a replica that held GPU 3 keeps GPU 3 (a fresh plan would give it 2); the
+    // others take the lowest free indices around it.
+    let prev = vec![Assignment {
+        role: "infer".into(),
+        replica: 0,
+        node: NodeId(1),
+        fallback: false,
+        gpus: vec![3],
+    }];
+    let p1 = plan(&spec, &nodes, &prev);
+    valid(&spec, &nodes, &p1, "re-plan");
+    check_snapshot(
+        &p1,
+        expect![[r#"
+            infer/0 -> 1 gpus [3]
+            infer/1 -> 1 gpus [2]
+            infer/2 -> 2 gpus [0]
+            train/0 -> 1 gpus [0, 1]
+        "#]],
+    );
+    // Invalid previous indices (out of range, twice) are replaced, never trusted.
+    let bad = vec![Assignment {
+        gpus: vec![7],
+        ..prev[0].clone()
+    }];
+    let p = plan(&spec, &nodes, &bad);
+    valid(&spec, &nodes, &p, "bad previous gpus");
+    let infer0 = p
+        .assignments
+        .iter()
+        .find(|a| a.role == "infer" && a.replica == 0);
+    assert_eq!(
+        infer0.map(|a| (a.node, a.gpus.clone())),
+        Some((NodeId(1), vec![0]))
+    );
+    // A kept replica whose role now asks for two GPUs keeps its index and gets one more.
+    let mut bigger = infer.clone();
+    bigger.needs.gpus = 2;
+    bigger.workload.gpus = 2;
+    bigger.count = Count::Replicas(1);
+    let spec2 = colony(vec![train, bigger]);
+    let p2 = plan(&spec2, &nodes, &p1.assignments);
+    valid(&spec2, &nodes, &p2, "more gpus");
+    check_snapshot(
+        &p2,
+        expect![[r#"
+            infer/0 -> 1 gpus [2, 3]
+            train/0 -> 1 gpus [0, 1]
         "#]],
     );
 }
@@ -1007,6 +1230,7 @@ fn check_rejects_every_kind_of_bad_plan() {
         replica,
         node: NodeId(node),
         fallback: false,
+        gpus: Vec::new(),
     };
     let good = plan(&spec, &nodes, &[]);
     check(&spec, &nodes, &good.assignments).unwrap();
@@ -1041,6 +1265,277 @@ fn check_rejects_every_kind_of_bad_plan() {
     arm.caps.arch = "aarch64".into();
     let mut pinned = role("x", 1, 100, 64);
     pinned.needs.arch = vec!["x86_64".into()];
-    let err = check(&colony(vec![pinned]), &[arm], &[a("x", 0, 3)]).unwrap_err();
+    let err = check(
+        &colony(vec![pinned.clone()]),
+        &[arm.clone()],
+        &[a("x", 0, 3)],
+    )
+    .unwrap_err();
     assert!(err.contains("does not match"), "{err}");
+    // Aliases are one arch: an `amd64` node matches `x86_64` needs, `arm64` matches `aarch64`.
+    arm.caps.arch = "amd64".into();
+    check(&colony(vec![pinned]), &[arm], &[a("x", 0, 3)]).unwrap();
+}
+
+#[test]
+fn check_rejects_port_clashes_and_bad_gpu_indices() {
+    let nodes = vec![gpu_node(1, 8000, 8192, 2)];
+    let web = publishing("web", 2, &[(80, Protocol::Tcp)]);
+    let api = publishing("api", 1, &[(8080, Protocol::Tcp), (80, Protocol::Tcp)]);
+    let dns = publishing("dns", 1, &[(80, Protocol::Udp)]);
+    let gpu = gpu_role("gpu", 2, 1);
+    let spec = colony(vec![web, api, dns, gpu]);
+    let a = |role: &str, replica: u32, gpus: &[u16]| Assignment {
+        role: role.into(),
+        replica,
+        node: NodeId(1),
+        fallback: false,
+        gpus: gpus.to_vec(),
+    };
+    // 80/udp next to 80/tcp is fine, and so are two GPUs handed out once each.
+    check(
+        &spec,
+        &nodes,
+        &[
+            a("web", 0, &[]),
+            a("dns", 0, &[]),
+            a("gpu", 0, &[1]),
+            a("gpu", 1, &[0]),
+        ],
+    )
+    .unwrap();
+    let cases: Vec<(Vec<Assignment>, &str)> = vec![
+        (
+            vec![a("web", 0, &[]), a("api", 0, &[])],
+            "host port 80/tcp published twice on node 0000000000000001: by web/0 and api/0",
+        ),
+        (
+            vec![a("web", 0, &[]), a("web", 1, &[])],
+            "host port 80/tcp published twice on node 0000000000000001: by web/0 and web/1",
+        ),
+        (
+            vec![a("gpu", 0, &[1]), a("gpu", 1, &[1])],
+            "GPU 1 of node 0000000000000001 handed to both gpu/0 and gpu/1",
+        ),
+        (
+            vec![a("gpu", 0, &[2])],
+            "gpu/0: GPU index 2 on node 0000000000000001, which has 2 GPUs",
+        ),
+        (
+            vec![a("gpu", 0, &[])],
+            "gpu/0: holds 0 GPU indices but its needs ask for 1",
+        ),
+        (
+            vec![a("web", 0, &[0])],
+            "web/0: holds 1 GPU indices but its needs ask for 0",
+        ),
+    ];
+    for (bad, want) in cases {
+        let err = check(&spec, &nodes, &bad).unwrap_err();
+        assert_eq!(err, want);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Exclusions: failed replicas and held (down, waited-for) nodes
+
+fn failure(role: &str, replica: u32, nodes: &[u64], count: u32, retry_in_ms: u64) -> Failure {
+    Failure {
+        role: role.to_owned(),
+        replica,
+        nodes: nodes.iter().map(|&n| NodeId(n)).collect(),
+        count,
+        detail: "exit 1".to_owned(),
+        retry_in_ms,
+        forget_in_ms: 600_000,
+    }
+}
+
+fn held(node: u64, roles: &[&str]) -> HeldNode {
+    HeldNode {
+        node: NodeId(node),
+        roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+    }
+}
+
+fn on(p: &Plan, role: &str, replica: u32) -> Option<u64> {
+    p.assignments
+        .iter()
+        .find(|a| a.role == role && a.replica == replica)
+        .map(|a| a.node.0)
+}
+
+#[test]
+fn a_failed_replica_moves_off_the_nodes_it_failed_on_and_nothing_else_moves() {
+    let nodes = uniform_nodes(4, 4000, 8192);
+    let spec = colony(vec![role("web", 3, 1000, 1024), role("db", 1, 1000, 1024)]);
+    let p0 = plan(&spec, &nodes, &[]);
+    let was = on(&p0, "web", 1).unwrap();
+    let failures = [failure("web", 1, &[was], 1, 0)];
+    let ex = Exclusions {
+        failures: &failures,
+        held: &[],
+    };
+    let p1 = plan_excluding(&spec, &nodes, &p0.assignments, ex);
+    check_excluding(&spec, &nodes, &p1.assignments, ex).unwrap();
+    let now = on(&p1, "web", 1).unwrap();
+    assert_ne!(now, was, "it moved");
+    let d = diff(&p0.assignments, &p1.assignments);
+    assert_eq!((d.moved, d.added, d.removed), (1, 0, 0), "only it moved");
+    // Stable: re-planning under the same exclusions moves nothing.
+    assert_eq!(plan_excluding(&spec, &nodes, &p1.assignments, ex), p1);
+    // The plain checker does not know the exclusion; the excluding one rejects the old plan.
+    let err = check_excluding(&spec, &nodes, &p0.assignments, ex).unwrap_err();
+    assert!(err.contains("where it failed"), "{err}");
+}
+
+#[test]
+fn a_failed_replica_in_backoff_or_with_nowhere_else_to_go_is_unplaced_failing() {
+    let nodes = uniform_nodes(2, 4000, 8192);
+    let spec = colony(vec![role("web", 2, 1000, 1024)]);
+    let p0 = plan(&spec, &nodes, &[]);
+    let (a, b) = (on(&p0, "web", 0).unwrap(), on(&p0, "web", 1).unwrap());
+    // Backoff: placed nowhere, whatever room there is.
+    let waiting = [failure("web", 0, &[a, b], 2, 30_000)];
+    let ex = Exclusions {
+        failures: &waiting,
+        held: &[],
+    };
+    let p1 = plan_excluding(&spec, &nodes, &p0.assignments, ex);
+    check_excluding(&spec, &nodes, &p1.assignments, ex).unwrap();
+    check_snapshot(
+        &p1,
+        expect![[r#"
+            web/1 -> 2
+            web/0 unplaced: failing: failed 2 times in a row, on nodes 0000000000000001, 0000000000000002 (last: exit 1); waiting out its backoff before the next move
+        "#]],
+    );
+    // Backoff over, but it failed on both nodes: still unplaced, saying so.
+    let done = [failure("web", 0, &[1, 2], 2, 0)];
+    let ex = Exclusions {
+        failures: &done,
+        held: &[],
+    };
+    let p2 = plan_excluding(&spec, &nodes, &p1.assignments, ex);
+    check_snapshot(
+        &p2,
+        expect![[r#"
+            web/1 -> 2
+            web/0 unplaced: failing: failed 2 times in a row, on nodes 0000000000000001, 0000000000000002 (last: exit 1); no other node fits (no matching node: it failed on every node that is up)
+        "#]],
+    );
+    // A third node joins: it goes there.
+    let more = uniform_nodes(3, 4000, 8192);
+    let p3 = plan_excluding(&spec, &more, &p2.assignments, ex);
+    assert_eq!(on(&p3, "web", 0), Some(3));
+    assert_eq!(on(&p3, "web", 1), Some(2), "the other replica stays");
+}
+
+#[test]
+fn a_held_node_keeps_its_held_roles_moves_the_rest_and_takes_nothing_new() {
+    let nodes = uniform_nodes(3, 4000, 8192);
+    let spec = colony(vec![
+        role("db", 1, 1000, 1024),
+        role("web", 3, 1000, 1024),
+        role("batch", 2, 500, 512),
+    ]);
+    let p0 = plan(&spec, &nodes, &[]);
+    let down = on(&p0, "db", 0).unwrap();
+    let holds = [held(down, &["db"])];
+    let ex = Exclusions {
+        failures: &[],
+        held: &holds,
+    };
+    let p1 = plan_excluding(&spec, &nodes, &p0.assignments, ex);
+    check_excluding(&spec, &nodes, &p1.assignments, ex).unwrap();
+    assert_eq!(on(&p1, "db", 0), Some(down), "the stateful replica waits");
+    for a in p1.assignments.iter().filter(|a| a.role != "db") {
+        assert_ne!(
+            a.node.0, down,
+            "{}/{} stayed on a down node",
+            a.role, a.replica
+        );
+    }
+    // Scaling up places nothing there either, even when it is the only node with room.
+    let bigger = colony(vec![
+        role("db", 1, 1000, 1024),
+        role("web", 3, 1000, 1024),
+        role("batch", 9, 500, 512),
+    ]);
+    let p2 = plan_excluding(&bigger, &nodes, &p1.assignments, ex);
+    check_excluding(&bigger, &nodes, &p2.assignments, ex).unwrap();
+    assert!(
+        p2.assignments
+            .iter()
+            .all(|a| a.node.0 != down || a.role == "db")
+    );
+    // The hold runs out: the node leaves the plan and the replica moves.
+    let up: Vec<NodeRecord> = nodes.iter().filter(|n| n.node.0 != down).cloned().collect();
+    let p3 = plan(&spec, &up, &p1.assignments);
+    assert!(on(&p3, "db", 0).is_some_and(|n| n != down));
+    // A replica on a held node whose role is not held there is rejected by the checker.
+    let wrong = [held(down, &["web"])];
+    let err = check_excluding(
+        &spec,
+        &nodes,
+        &p1.assignments,
+        Exclusions {
+            failures: &[],
+            held: &wrong,
+        },
+    )
+    .unwrap_err();
+    assert!(err.contains("held only for web"), "{err}");
+}
+
+#[test]
+fn random_exclusions_always_give_valid_stable_plans() {
+    for seed in 0..300u64 {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let spec = random_spec(&mut rng);
+        let nodes = random_nodes(&mut rng);
+        let p0 = plan(&spec, &nodes, &[]);
+        let mut failures: Vec<Failure> = Vec::new();
+        let mut holds: Vec<HeldNode> = Vec::new();
+        for a in &p0.assignments {
+            if rng.random_bool(0.15) {
+                let retry = if rng.random_bool(0.3) { 30_000 } else { 0 };
+                failures.push(failure(&a.role, a.replica, &[a.node.0], 1, retry));
+            }
+        }
+        failures.sort_by(|a, b| (&a.role, a.replica).cmp(&(&b.role, b.replica)));
+        failures.dedup_by(|a, b| (&a.role, a.replica) == (&b.role, b.replica));
+        let mut ids: Vec<u64> = nodes.iter().map(|n| n.node.0).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        for id in ids {
+            if rng.random_bool(0.1) {
+                let roles: Vec<&str> = spec
+                    .roles
+                    .iter()
+                    .filter(|_| rng.random_bool(0.5))
+                    .map(|r| r.name.as_str())
+                    .collect();
+                holds.push(held(id, &roles));
+            }
+        }
+        let ex = Exclusions {
+            failures: &failures,
+            held: &holds,
+        };
+        let what = format!("seed {seed}");
+        let p1 = plan_excluding(&spec, &nodes, &p0.assignments, ex);
+        check_excluding(&spec, &nodes, &p1.assignments, ex)
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        accounted(&spec, &p1).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(sorted(&p1), "{what}");
+        assert_eq!(
+            p1,
+            plan_excluding(&spec, &nodes, &p0.assignments, ex),
+            "{what}: not deterministic"
+        );
+        let again = plan_excluding(&spec, &nodes, &p1.assignments, ex);
+        let d = diff(&p1.assignments, &again.assignments);
+        assert_eq!((d.moved, d.removed), (0, 0), "{what}: not a fixed point");
+    }
 }

@@ -163,6 +163,73 @@ roles:
     );
 }
 
+#[test]
+fn writable_volumes_make_a_role_stateful_and_wait_five_minutes() {
+    use swarm_core::spec::OnEndpointsChange;
+    let text = "\
+colony: c
+template: web-tier
+roles:
+  cache:
+    stateful: true
+    reschedule-after: 90s
+    workload: {image: redis:7}
+  scratch:
+    stateful: false
+    workload: {image: x, volumes: [\"tmp:/tmp\"]}
+  app:
+    depends-on: [database]
+    on-endpoints-change: restart
+    workload: {image: app:1}
+";
+    let doc = dna::spec::parse(text, "t.yaml").unwrap_or_else(|e| panic!("{e}"));
+    let spec = doc.spec();
+    let of = |name: &str| {
+        let r = spec.role(name).unwrap();
+        (r.stateful, r.reschedule_after_ms, r.on_endpoints_change)
+    };
+    let ignore = OnEndpointsChange::Ignore;
+    // A read-only mount is configuration, not state.
+    assert_eq!(of("front-end"), (false, 0, ignore));
+    assert_eq!(of("middleware"), (false, 0, ignore));
+    assert_eq!(
+        of("database"),
+        (true, 300_000, ignore),
+        "pgdata is writable"
+    );
+    assert_eq!(of("storage"), (true, 300_000, ignore));
+    assert_eq!(of("cache"), (true, 90_000, ignore));
+    assert_eq!(of("scratch"), (false, 0, ignore), "`stateful: false` wins");
+    assert_eq!(of("app"), (false, 0, OnEndpointsChange::Restart));
+}
+
+#[test]
+fn arch_aliases_and_docker_env_names_are_accepted_and_normalised() {
+    let text = "\
+colony: rack
+roles:
+  search:
+    needs: {arch: [x86_64, aarch64, armv7l, ppc64le, 386, i686, amd64]}
+    workload:
+      image: elasticsearch:8.15.0
+      env: {discovery.type: single-node, 9LIVES: cat, MY-KEY: x}
+";
+    let doc = dna::spec::parse(text, "t.yaml").unwrap_or_else(|e| panic!("{e}"));
+    let role = doc.spec().role("search").unwrap().clone();
+    assert_eq!(role.needs.arch, ["amd64", "arm64", "arm", "ppc64le", "386"]);
+    let names: Vec<&str> = role.workload.env.keys().map(String::as_str).collect();
+    assert_eq!(names, ["9LIVES", "MY-KEY", "discovery.type"]);
+    // A node written with a `uname -m` name matches a spec written with Docker's.
+    let nodes =
+        dna::spec::parse_nodes("- {id: 1, cpu: 4, memory: 8Gi, arch: aarch64}\n", "n").unwrap();
+    assert_eq!(nodes[0].caps.arch, "arm64");
+    let pinned = "colony: c\nroles:\n  a:\n    needs: {arch: arm64}\n    workload: {image: x}\n";
+    dna::spec::parse(pinned, "p.yaml")
+        .unwrap()
+        .check_nodes(&nodes)
+        .unwrap();
+}
+
 fn mutations_never_panic(text: &str) {
     for cut in 0..=text.len() {
         if let Some(prefix) = text.get(..cut) {

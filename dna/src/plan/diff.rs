@@ -74,6 +74,7 @@ mod tests {
             replica,
             node: NodeId(node),
             fallback: false,
+            gpus: Vec::new(),
         }
     }
 

@@ -1,11 +1,12 @@
-//! The planner: a pure function from (spec, nodes, previous assignments) to a placement, plus
-//! the tools to judge one: [`check`] verifies a placement, [`diff`] counts what moved.
+//! The planner: a pure function from (spec, nodes, previous assignments, exclusions) to a
+//! placement, plus the tools to judge one: [`check`] / [`check_excluding`] verify a placement,
+//! [`diff`] counts what moved.
 //!
 //! Deterministic by construction (no hashing, no floats, ties broken by node id), so every node
-//! can recompute the queen's plan and verify it. See [`place`] for the algorithm.
+//! can recompute the queen's plan and verify it. See `place` for the algorithm.
 //!
-//! - [`model`]: resolved inputs and the matching rules shared by the planner and the checker.
-//! - [`place`]: keep, place by priority with per-role score heaps, preempt, explain.
+//! - `model`: resolved inputs and the matching rules shared by the planner and the checker.
+//! - `place`: keep, place by priority with per-role score heaps, preempt, explain.
 //! - [`check`]: the verifier a simulator invariant calls.
 //! - [`diff`]: kept / moved / added / removed between two plans.
 
@@ -14,10 +15,10 @@ mod diff;
 mod model;
 mod place;
 
-use swarm_core::spec::{ColonySpec, NodeRecord, Unplaced};
-use swarm_core::wire::Assignment;
+use swarm_core::spec::{ColonySpec, Failure, HeldNode, NodeRecord, Unplaced};
+use swarm_core::wire::{Assignment, ColonyState};
 
-pub use check::check;
+pub use check::{check, check_excluding};
 pub use diff::{Diff, diff};
 pub use model::MAX_REPLICAS_PER_ROLE;
 
@@ -50,5 +51,40 @@ pub struct Plan {
 /// the first role, unknown role names in (anti-)affinity are ignored, counts above
 /// [`MAX_REPLICAS_PER_ROLE`] are clamped and reported unplaced.
 pub fn plan(spec: &ColonySpec, nodes: &[NodeRecord], previous: &[Assignment]) -> Plan {
-    place::run(spec, nodes, previous)
+    place::run(spec, nodes, previous, Exclusions::default())
+}
+
+/// What the queen's handling of failures and lost nodes adds to a plan's inputs. Both lists are
+/// committed with the plan (`ColonyState::failures`, `ColonyState::held`), so
+/// `plan_excluding(spec, nodes, previous, Exclusions::of(state))` reproduces `state`'s plan.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Exclusions<'a> {
+    /// Replicas that failed: placed on none of the nodes they failed on, and nowhere while
+    /// their backoff runs. Ignored for `global` roles (their replicas cannot move).
+    pub failures: &'a [Failure],
+    /// Down nodes (they must be in `nodes` too) whose replicas of the listed roles keep their
+    /// placement; nothing new goes there.
+    pub held: &'a [HeldNode],
+}
+
+impl<'a> Exclusions<'a> {
+    /// The exclusions a colony state was planned with.
+    pub fn of(state: &'a ColonyState) -> Exclusions<'a> {
+        Exclusions {
+            failures: &state.failures,
+            held: &state.held,
+        }
+    }
+}
+
+/// [`plan`] under [`Exclusions`]. A failed replica that fits on no other node, or waits out its
+/// backoff, is unplaced with [`swarm_core::spec::UnplacedReason::Failing`], naming the nodes it
+/// failed on.
+pub fn plan_excluding(
+    spec: &ColonySpec,
+    nodes: &[NodeRecord],
+    previous: &[Assignment],
+    exclusions: Exclusions<'_>,
+) -> Plan {
+    place::run(spec, nodes, previous, exclusions)
 }

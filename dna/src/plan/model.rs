@@ -1,10 +1,11 @@
 //! The planner's resolved inputs, shared by [`super::plan`] and [`super::check`]: nodes sorted
 //! and deduplicated, roles indexed with symmetric anti-affinity, resources as integer vectors,
-//! and the static matching and fitting rules.
+//! published host ports as per-node keys, and the static matching and fitting rules.
 
 use std::collections::BTreeMap;
 use swarm_core::NodeId;
-use swarm_core::spec::{ColonySpec, Count, Needs, NodeRecord, RoleSpec};
+use swarm_core::caps::canonical_arch;
+use swarm_core::spec::{ColonySpec, Count, Needs, NodeRecord, Protocol, RoleSpec};
 
 /// The most replicas the planner materialises for one role; a larger count is clamped and the
 /// excess reported as one unplaced entry (a spec validator should reject such counts first).
@@ -80,10 +81,51 @@ pub(crate) fn fmt_res(r: &Res) -> String {
     }
 }
 
+/// A published host port with its protocol, as one sortable number: `port << 1 | udp`. Host
+/// ports are a per-node resource: two replicas publishing the same one cannot share a node.
+pub(crate) type PortKey = u32;
+
+pub(crate) fn port_key(port: u16, protocol: Protocol) -> PortKey {
+    (u32::from(port) << 1) | u32::from(protocol == Protocol::Udp)
+}
+
+/// "80/tcp".
+pub(crate) fn fmt_port(key: PortKey) -> String {
+    let proto = if key & 1 == 1 { "udp" } else { "tcp" };
+    format!("{}/{proto}", key >> 1)
+}
+
+/// The host ports a role publishes, sorted and deduplicated.
+fn host_ports(spec: &RoleSpec) -> Vec<PortKey> {
+    let mut v: Vec<PortKey> = spec
+        .workload
+        .ports
+        .iter()
+        .filter_map(|p| p.host.map(|h| port_key(h, p.protocol)))
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// Do two sorted port lists share a port?
+pub(crate) fn ports_overlap(a: &[PortKey], b: &[PortKey]) -> bool {
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => return true,
+        }
+    }
+    false
+}
+
 /// A node as the planner sees it.
 pub(crate) struct Node<'a> {
     pub id: NodeId,
     pub cap: Res,
+    /// In its Docker/OCI spelling when it has one.
     pub arch: &'a str,
     pub labels: &'a BTreeMap<String, String>,
 }
@@ -100,7 +142,7 @@ pub(crate) fn resolve_nodes(nodes: &[NodeRecord]) -> Vec<Node<'_>> {
                 n.caps.disk_mib,
                 u64::from(n.caps.gpus),
             ],
-            arch: &n.caps.arch,
+            arch: canonical_arch(&n.caps.arch).unwrap_or(&n.caps.arch),
             labels: &n.caps.labels,
         })
         .collect();
@@ -114,8 +156,13 @@ pub(crate) fn node_index(nodes: &[Node<'_>], id: NodeId) -> Option<usize> {
     nodes.binary_search_by_key(&id, |n| n.id).ok()
 }
 
+/// Arch names compare in their Docker/OCI spelling (node archs are canonical already).
 fn arch_ok(needs: &Needs, node: &Node<'_>) -> bool {
-    needs.arch.is_empty() || needs.arch.iter().any(|a| a == node.arch)
+    needs.arch.is_empty()
+        || needs
+            .arch
+            .iter()
+            .any(|a| canonical_arch(a).unwrap_or(a) == node.arch)
 }
 
 fn labels_ok(needs: &Needs, node: &Node<'_>) -> bool {
@@ -140,9 +187,14 @@ pub(crate) fn explain_no_match(needs: &Needs, nodes: &[Node<'_>]) -> String {
         let mut have: Vec<&str> = nodes.iter().map(|n| n.arch).collect();
         have.sort_unstable();
         have.dedup();
+        let want: Vec<&str> = needs
+            .arch
+            .iter()
+            .map(|a| canonical_arch(a).unwrap_or(a))
+            .collect();
         return format!(
             "needs arch {}; nodes have {}",
-            needs.arch.join(" or "),
+            want.join(" or "),
             have.join(", ")
         );
     }
@@ -178,6 +230,8 @@ pub(crate) struct Role<'a> {
     pub conflicts: Vec<u32>,
     /// Roles it prefers to share a node with. Sorted.
     pub affinity: Vec<u32>,
+    /// Host ports it publishes (the same in both modes: the workload does not change).
+    pub ports: Vec<PortKey>,
     pub global: bool,
     /// Replica count for `Replicas`, clamped to [`MAX_REPLICAS_PER_ROLE`].
     pub count: u32,
@@ -186,6 +240,11 @@ pub(crate) struct Role<'a> {
 }
 
 impl<'a> Role<'a> {
+    /// GPUs one replica reserves in a mode.
+    pub fn gpus(&self, fallback: bool) -> u64 {
+        self.mode(fallback).map_or(0, |(_, res)| res[3])
+    }
+
     /// The needs of one mode: primary (`fallback == false`) or fallback.
     pub fn mode(&self, fallback: bool) -> Option<(&'a Needs, Res)> {
         if fallback {
@@ -259,6 +318,7 @@ pub(crate) fn resolve_roles(spec: &ColonySpec) -> Roles<'_> {
             fallback: s.fallback.as_ref().map(needs_res),
             conflicts,
             affinity: lookup(&s.affinity),
+            ports: host_ports(s),
             global: matches!(s.count, Count::Global),
             count: match s.count {
                 Count::Replicas(n) => n.min(MAX_REPLICAS_PER_ROLE),
@@ -288,7 +348,6 @@ pub(crate) fn resolve_roles(spec: &ColonySpec) -> Roles<'_> {
 mod tests {
     use super::*;
     use swarm_core::Capabilities;
-    use swarm_core::spec::{Strategy, Workload};
 
     fn record(id: u64, cpu: u32, arch: &str) -> NodeRecord {
         NodeRecord {
@@ -298,21 +357,15 @@ mod tests {
                 arch: arch.to_owned(),
                 ..Capabilities::default()
             },
+            ip: None,
         }
     }
 
     fn role(name: &str, anti: &[&str], priority: i32) -> RoleSpec {
         RoleSpec {
-            name: name.to_owned(),
-            count: Count::Replicas(2),
-            needs: Needs::default(),
-            fallback: None,
-            strategy: Strategy::Spread,
-            affinity: vec![],
             anti_affinity: anti.iter().map(|s| (*s).to_owned()).collect(),
             priority,
-            depends_on: vec![],
-            workload: Workload::default(),
+            ..RoleSpec::new(name, Count::Replicas(2))
         }
     }
 
@@ -387,7 +440,7 @@ mod tests {
         needs.arch = vec!["aarch64".to_owned(), "riscv64".to_owned()];
         assert_eq!(
             explain_no_match(&needs, &nodes),
-            "needs arch aarch64 or riscv64; nodes have x86_64"
+            "needs arch arm64 or riscv64; nodes have amd64"
         );
         assert_eq!(explain_no_match(&needs, &[]), "there are no nodes");
     }

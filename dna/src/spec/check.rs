@@ -6,6 +6,7 @@ use super::diag::Diags;
 use super::quantity::{fmt_cpu, fmt_mib};
 use super::resolve::{NeedsPos, RoleInfo};
 use super::yaml::Pos;
+use swarm_core::caps::same_arch;
 use swarm_core::spec::{ColonySpec, Needs, NodeRecord};
 
 pub(crate) fn check(d: &mut Diags, spec: &ColonySpec, info: &[RoleInfo], nodes: &[NodeRecord]) {
@@ -60,7 +61,7 @@ fn impossible(
             ),
         ));
     }
-    if !needs.arch.is_empty() && !nodes.iter().any(|n| needs.arch.contains(&n.caps.arch)) {
+    if !needs.arch.is_empty() && !nodes.iter().any(|n| arch_ok(needs, &n.caps.arch)) {
         let mut have: Vec<&str> = nodes.iter().map(|n| n.caps.arch.as_str()).collect();
         have.sort_unstable();
         have.dedup();
@@ -139,6 +140,11 @@ fn impossible(
     ))
 }
 
+/// Does a node of arch `have` satisfy `needs.arch` (empty: any), aliases resolved?
+fn arch_ok(needs: &Needs, have: &str) -> bool {
+    needs.arch.is_empty() || needs.arch.iter().any(|a| same_arch(a, have))
+}
+
 fn shortfalls(needs: &Needs, n: &NodeRecord) -> Vec<String> {
     let c = &n.caps;
     let mut out = Vec::new();
@@ -154,7 +160,7 @@ fn shortfalls(needs: &Needs, n: &NodeRecord) -> Vec<String> {
     if needs.gpus > c.gpus {
         out.push(format!("gpus: has {}", c.gpus));
     }
-    if !needs.arch.is_empty() && !needs.arch.contains(&c.arch) {
+    if !arch_ok(needs, &c.arch) {
         out.push(format!("arch: is {}", c.arch));
     }
     for (k, v) in &needs.labels {

@@ -340,18 +340,18 @@ pub(crate) const NAME_RULE: &str =
     "use lowercase letters, digits and `-`, starting with a letter or digit, at most 63 characters";
 
 /// CPU architectures a node may report (as `uname -m` spells them).
-pub(crate) const ARCHES: &[&str] = &["x86_64", "aarch64", "armv7l", "riscv64", "ppc64le", "s390x"];
+pub(crate) use swarm_core::caps::ARCHES;
 
-/// Check an architecture name, suggesting the canonical spelling for common aliases.
-pub(crate) fn check_arch(d: &mut Diags, name: &str, pos: Pos) -> bool {
-    if ARCHES.contains(&name) {
-        return true;
+/// Check an architecture name and return its Docker/OCI spelling: aliases such as `x86_64`,
+/// `aarch64` or `armv7l` are accepted and normalised (`swarm_core::caps::canonical_arch`).
+pub(crate) fn check_arch(d: &mut Diags, name: &str, pos: Pos) -> Option<&'static str> {
+    if let Some(canonical) = swarm_core::caps::canonical_arch(name) {
+        return Some(canonical);
     }
-    let hint = match name {
-        "amd64" | "x64" | "x86-64" => "; did you mean `x86_64`?".to_owned(),
-        "arm64" => "; did you mean `aarch64`?".to_owned(),
-        "armv7" | "arm" | "armhf" => "; did you mean `armv7l`?".to_owned(),
-        _ => did_you_mean(name, ARCHES.iter().copied()),
+    let lower = name.to_ascii_lowercase();
+    let hint = match swarm_core::caps::canonical_arch(&lower) {
+        Some(c) => format!("; did you mean `{c}`?"),
+        None => did_you_mean(name, ARCHES.iter().copied()),
     };
     let hint = if hint.is_empty() {
         format!(" (known: {})", ARCHES.join(", "))
@@ -359,7 +359,7 @@ pub(crate) fn check_arch(d: &mut Diags, name: &str, pos: Pos) -> bool {
         hint
     };
     d.err(pos, format!("unknown architecture `{name}`{hint}"));
-    false
+    None
 }
 
 #[cfg(test)]

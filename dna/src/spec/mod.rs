@@ -19,7 +19,7 @@ mod resolve;
 pub mod templates;
 mod yaml;
 
-pub use resolve::MAX_REPLICAS;
+pub use resolve::{MAX_REPLICAS, env_name_ok};
 pub use templates::{TEMPLATES, template};
 
 /// One problem found in a spec or nodes file, with its 1-based position.

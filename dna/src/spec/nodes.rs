@@ -44,7 +44,7 @@ pub(crate) fn nodes(d: &mut Diags, root: Option<&Node>) -> Vec<NodeRecord> {
             memory_mib: 0,
             disk_mib: 0,
             gpus: 0,
-            arch: "x86_64".to_owned(),
+            arch: "amd64".to_owned(),
             labels: BTreeMap::new(),
         };
         let mut ok = true;
@@ -106,9 +106,9 @@ pub(crate) fn nodes(d: &mut Diags, root: Option<&Node>) -> Vec<NodeRecord> {
             }
         }
         if let Some(n) = f.get("arch") {
-            match text(d, n, "an architecture like `x86_64`") {
-                Some(a) if check_arch(d, a, n.pos) => caps.arch = a.to_owned(),
-                _ => ok = false,
+            match text(d, n, "an architecture like `amd64`").and_then(|a| check_arch(d, a, n.pos)) {
+                Some(a) => caps.arch = a.to_owned(),
+                None => ok = false,
             }
         }
         if let Some(n) = f.get("labels") {
@@ -127,6 +127,7 @@ pub(crate) fn nodes(d: &mut Diags, root: Option<&Node>) -> Vec<NodeRecord> {
             out.push(NodeRecord {
                 node: NodeId(id),
                 caps,
+                ip: None,
             });
         }
     }

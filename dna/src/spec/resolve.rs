@@ -10,8 +10,8 @@ use super::quantity;
 use super::yaml::{Node, Pos, Value};
 use std::collections::BTreeMap;
 use swarm_core::spec::{
-    ColonySpec, Count, HealthCheck, Needs, Port, Probe, Protocol, RestartPolicy, RoleSpec,
-    Strategy, Volume, Workload,
+    ColonySpec, Count, HealthCheck, Needs, OnEndpointsChange, Port, Probe, Protocol, RestartPolicy,
+    RoleSpec, Strategy, Volume, Workload,
 };
 
 pub(crate) const TOP_KEYS: &[&str] = &["colony", "template", "scale", "roles"];
@@ -26,7 +26,12 @@ pub(crate) const ROLE_KEYS: &[&str] = &[
     "priority",
     "depends-on",
     "workload",
+    "stateful",
+    "reschedule-after",
+    "on-endpoints-change",
 ];
+/// `reschedule-after` of a stateful role when the spec gives none.
+pub const STATEFUL_RESCHEDULE_AFTER_MS: u32 = 5 * 60 * 1000;
 pub(crate) const NEEDS_KEYS: &[&str] = &["cpu", "memory", "disk", "gpus", "arch", "labels"];
 pub(crate) const WORKLOAD_KEYS: &[&str] = &[
     "image", "command", "args", "env", "ports", "volumes", "health", "restart", "gpus", "limits",
@@ -65,6 +70,8 @@ pub(crate) struct RoleInfo {
     pub name_pos: Pos,
     pub needs: NeedsPos,
     pub fallback: NeedsPos,
+    /// Where `reschedule-after` was given, if it was.
+    pub reschedule_after: Option<Pos>,
 }
 
 pub(crate) struct Resolved {
@@ -159,6 +166,17 @@ pub(crate) fn resolve(
 
     if let (Some(sn), false) = (top.get("scale"), template_failed) {
         scale(d, sn, &mut specs);
+    }
+    for (spec, ri) in specs.iter().zip(&info) {
+        if let (Count::Global, Some(at)) = (spec.count, ri.reschedule_after) {
+            d.err(
+                at,
+                format!(
+                    "`reschedule-after` has no effect on role `{}`: it runs in `mode: global`, and a global replica never moves to another node",
+                    spec.name
+                ),
+            );
+        }
     }
     references(d, &roles, &specs);
     Some(Resolved {
@@ -285,6 +303,7 @@ fn role(d: &mut Diags, name: &str, name_pos: Pos, node: &Node) -> (RoleSpec, Rol
         name_pos,
         needs: NeedsPos::default(),
         fallback: NeedsPos::default(),
+        reschedule_after: None,
     };
     let what = format!("role `{name}`");
     let Some(f) = fields(d, node, ROLE_KEYS, &what) else {
@@ -369,6 +388,49 @@ fn role(d: &mut Diags, name: &str, name_pos: Pos, node: &Node) -> (RoleSpec, Rol
             format!("{what} has no `workload` (it needs at least `workload: {{image: ...}}`)"),
         ),
     }
+    // Stateful: a writable volume keeps state on the node (a read-only mount is configuration).
+    spec.stateful = spec.workload.volumes.iter().any(|v| !v.read_only);
+    if let Some(n) = f.get("stateful") {
+        if let Some(b) = boolean(d, n, "`stateful`") {
+            spec.stateful = b;
+        }
+    }
+    spec.reschedule_after_ms = if spec.stateful {
+        STATEFUL_RESCHEDULE_AFTER_MS
+    } else {
+        0
+    };
+    if let Some(n) = f.get("reschedule-after") {
+        info.reschedule_after = f.key("reschedule-after").map(|k| k.pos);
+        if let Some(ms) = duration(d, n, "reschedule-after") {
+            spec.reschedule_after_ms = ms;
+        }
+    }
+    if let Some(n) = f.get("on-endpoints-change") {
+        match text(d, n, "`restart` or `ignore`") {
+            Some("restart") => {
+                if spec.depends_on.is_empty() {
+                    d.err(
+                        n.pos,
+                        format!(
+                            "`on-endpoints-change: restart` has no effect: {what} depends on no role (add `depends-on`, or leave it out)"
+                        ),
+                    );
+                } else {
+                    spec.on_endpoints_change = OnEndpointsChange::Restart;
+                }
+            }
+            Some("ignore") => spec.on_endpoints_change = OnEndpointsChange::Ignore,
+            Some(t) => d.err(
+                n.pos,
+                format!(
+                    "unknown on-endpoints-change `{t}`{} (choices: restart, ignore)",
+                    did_you_mean(t, ["restart", "ignore"])
+                ),
+            ),
+            None => {}
+        }
+    }
     (spec, info)
 }
 
@@ -404,9 +466,11 @@ fn needs(d: &mut Diags, node: &Node, what: &str, out: &mut Needs) -> NeedsPos {
     }
     if let Some(n) = f.get("arch") {
         pos.arch = Some(n.pos);
-        for (a, p) in name_list(d, n, "architectures").unwrap_or_default() {
-            if check_arch(d, &a, p) && !out.arch.contains(&a) {
-                out.arch.push(a);
+        for (a, p) in arch_list(d, n) {
+            if let Some(a) = check_arch(d, &a, p) {
+                if !out.arch.iter().any(|have| have == a) {
+                    out.arch.push(a.to_owned());
+                }
             }
         }
         if out.arch.is_empty()
@@ -433,6 +497,29 @@ fn needs(d: &mut Diags, node: &Node, what: &str, out: &mut Needs) -> NeedsPos {
         }
     }
     pos
+}
+
+/// One architecture or a list of them. `386` is written as a plain YAML number, so numbers
+/// count as names here.
+fn arch_list(d: &mut Diags, n: &Node) -> Vec<(String, Pos)> {
+    let name = |d: &mut Diags, item: &Node| match (item.scalar(), item.kind()) {
+        (Some(t), "a string" | "a number") => Some((t.to_owned(), item.pos)),
+        _ => {
+            d.err(
+                item.pos,
+                format!(
+                    "expected an architecture like `amd64`, found {}",
+                    item.kind()
+                ),
+            );
+            None
+        }
+    };
+    match &n.value {
+        _ if n.is_null() => Vec::new(),
+        Value::Seq(items) => items.iter().filter_map(|i| name(d, i)).collect(),
+        _ => name(d, n).into_iter().collect(),
+    }
 }
 
 pub(crate) fn cpu(d: &mut Diags, n: &Node) -> Option<u32> {
@@ -612,18 +699,22 @@ fn words(d: &mut Diags, n: &Node, what: &str) -> Vec<String> {
     }
 }
 
-fn env_name_ok(k: &str) -> bool {
-    k.bytes()
-        .next()
-        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
-        && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+/// Docker's rule for environment variable names: anything but the empty name, `=` and NUL
+/// (`discovery.type`, `MY-KEY` and `9LIVES` are all fine; the program reading them decides).
+pub fn env_name_ok(k: &str) -> bool {
+    !k.is_empty() && !k.contains(['=', '\0'])
 }
 
 fn env(d: &mut Diags, n: &Node, out: &mut BTreeMap<String, String>) {
     let bad_name = |k: &str| {
-        format!(
-            "`{k}` is not a valid environment variable name (letters, digits and `_`, not starting with a digit)"
-        )
+        if k.is_empty() {
+            "an environment variable needs a name".to_owned()
+        } else {
+            format!(
+                "`{}` is not a valid environment variable name (any name without `=` or NUL)",
+                k.escape_debug()
+            )
+        }
     };
     match &n.value {
         _ if n.is_null() => {}
