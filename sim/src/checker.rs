@@ -1,47 +1,76 @@
-//! The invariant checker. It watches every event every node emits (in global virtual time) and
-//! records a violation the moment a safety property breaks:
+//! The invariant checker. It watches every event every node emits, every term a node holds after
+//! each step and every vote it persists, and records a violation the moment a safety property
+//! breaks:
 //!
-//! - at most one queen per term;
-//! - no two queens of different terms hold valid self-leases at the same instant;
-//! - no worker holds two live leases from different queens at once, nor obeys a lower term
-//!   after a higher one;
+//! - at most one queen per term, and at most one vote per term per node, across restarts (from
+//!   the persisted `voted_for`);
+//! - no two queens of different terms hold self-leases at the same real instant;
+//! - no worker holds two live leases from different queens at once, nor obeys a lower term after
+//!   a higher one;
+//! - a node's term never decreases (across restarts), and no node obeys a heartbeat or accepts a
+//!   colony state of a term lower than one it has already held (stale queens are fenced);
 //! - committed colony-state versions never go backwards on any node, and one version never has
-//!   two contents;
+//!   two contents (whether accepted or committed, anywhere);
 //! - a queen holds every version committed in an earlier term (whenever, in virtual time, the
-//!   commit and the crowning are observed).
+//!   commit and the crowning are observed), and no queen commits after a queen of a higher term
+//!   has committed (a deposed queen decides nothing).
+//!
+//! **Leases are judged in real time.** A `Reigns { until }` (or `Obeyed { until }`) is a promise
+//! in the node's own clock. The checker keeps it in local time and asks, whenever it needs to
+//! know whether a lease still runs, what that node's clock reads *now* (the `clocks` argument).
+//! So a lease's real end is wherever the clock really reaches `until`, whatever drift, rate
+//! changes or stalls happen after the event; nothing is converted at emission time.
 //!
 //! Convergence after healing ("exactly one queen, obeyed by all") is checked by the engine at the
 //! end of a run, because it needs the whole colony's state.
 
 use dna::Event;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use swarm_core::NodeId;
 use swarm_core::wire::Version;
+use swarm_core::{NodeId, Time};
 
 /// A violation is recorded at most this many times (a broken run would otherwise flood).
 pub const MAX_VIOLATIONS: usize = 100;
 
 #[derive(Default)]
 struct WorkerView {
-    /// (term, queen, lease end in global µs) of the lease last obeyed.
-    lease: Option<(u64, NodeId, u64)>,
+    /// (term, queen, lease end in the worker's own clock) of the lease last obeyed.
+    lease: Option<(u64, NodeId, Time)>,
     highest_obeyed: u64,
     committed: Version,
+}
+
+/// A queen's self-lease: who holds it and until when in her own clock.
+#[derive(Clone, Copy)]
+struct Lease {
+    index: usize,
+    node: NodeId,
+    until: Time,
 }
 
 #[derive(Default)]
 pub struct Checker {
     pub violations: Vec<String>,
     queen_of_term: BTreeMap<u64, NodeId>,
-    /// Queens' self-lease ends (global µs), by term, while they may still be valid.
-    reigns: BTreeMap<u64, (NodeId, u64)>,
+    /// Queens' self-leases by term, while they may still run.
+    reigns: BTreeMap<u64, Lease>,
     workers: HashMap<usize, WorkerView>,
+    /// Every version accepted or committed anywhere, with its content's digest.
     digests: HashMap<Version, u64>,
     /// (term, version inherited) of every queen crowned so far.
     crowned: Vec<(u64, Version)>,
     /// Every version committed so far (to check queens crowned earlier in virtual time but of
     /// a later term: an ack may reach the old queen after the new one is crowned).
     committed: BTreeSet<Version>,
+    /// The term each node held after its last step (it never decreases, even across restarts).
+    terms: HashMap<usize, u64>,
+    /// The last vote each node persisted: (term, candidate).
+    votes: HashMap<usize, (u64, NodeId)>,
+    /// Queens still reigning in their own view (crowned, neither abdicated nor restarted):
+    /// term → node index. Their `Committed` are their own commit decisions.
+    reigning: BTreeMap<u64, usize>,
+    /// The highest term whose queen has committed a version.
+    highest_queen_commit: Option<u64>,
 }
 
 fn secs(us: u64) -> f64 {
@@ -56,15 +85,17 @@ impl Checker {
         }
     }
 
-    /// `to_global` converts the node's clock to global µs.
+    /// An event `node` (simulation index `index`) emitted at global time `now_us`. `clocks(i)`
+    /// is what node `i`'s clock reads at `now_us`.
     pub fn on_event(
         &mut self,
         now_us: u64,
         index: usize,
         node: NodeId,
         event: &Event,
-        to_global: impl Fn(swarm_core::Time) -> u64,
+        clocks: &dyn Fn(usize) -> Time,
     ) {
+        let held_term = self.terms.get(&index).copied().unwrap_or(0);
         match *event {
             Event::Crowned {
                 term, inherited, ..
@@ -88,30 +119,42 @@ impl Checker {
                     self.violate(now_us, format!("queen {node:?} of term {term} inherited {inherited}, missing committed {v}"));
                 }
                 self.crowned.push((term, inherited));
+                self.reigning.insert(term, index);
             }
             Event::Reigns { term, until } => {
-                let until = to_global(until);
-                self.reigns.retain(|_, (_, end)| *end > now_us);
+                if clocks(index) >= until {
+                    // A lease that has already run out promises nothing.
+                    return;
+                }
+                // A lease runs while its holder's clock, read now, is below its end.
+                self.reigns.retain(|_, l| clocks(l.index) < l.until);
                 let overlapping: Vec<(u64, NodeId)> = self
                     .reigns
                     .iter()
                     .filter(|(t, _)| **t != term)
-                    .map(|(t, (n, _))| (*t, *n))
+                    .map(|(t, l)| (*t, l.node))
                     .collect();
                 for (t, n) in overlapping {
                     self.violate(now_us, format!("queen {node:?} (term {term}) reigns while queen {n:?} (term {t}) still holds her lease"));
                 }
-                self.reigns.insert(term, (node, until));
+                let lease = self
+                    .reigns
+                    .entry(term)
+                    .or_insert(Lease { index, node, until });
+                lease.until = lease.until.max(until);
             }
             Event::Abdicated { term, .. } => {
-                if let Some((n, end)) = self.reigns.get_mut(&term) {
-                    if *n == node {
-                        *end = (*end).min(now_us);
+                if let Some(l) = self.reigns.get_mut(&term) {
+                    if l.node == node {
+                        l.until = l.until.min(clocks(index));
                     }
+                }
+                if self.reigning.get(&term) == Some(&index) {
+                    self.reigning.remove(&term);
                 }
             }
             Event::Obeyed { term, queen, until } => {
-                let until = to_global(until);
+                let now_local = clocks(index);
                 let view = self.workers.entry(index).or_default();
                 let mut problems = Vec::new();
                 if term < view.highest_obeyed {
@@ -120,8 +163,13 @@ impl Checker {
                         view.highest_obeyed
                     ));
                 }
+                if term < held_term {
+                    problems.push(format!(
+                        "worker {node:?} obeys a heartbeat of term {term} after holding term {held_term}"
+                    ));
+                }
                 if let Some((t, q, end)) = view.lease {
-                    if (t, q) != (term, queen) && end > now_us {
+                    if (t, q) != (term, queen) && now_local < end {
                         problems.push(format!("worker {node:?} obeys {queen:?} (term {term}) while {q:?}'s lease (term {t}) runs"));
                     }
                 }
@@ -132,11 +180,23 @@ impl Checker {
                 }
             }
             Event::QueenLost { .. } => {
+                let now_local = clocks(index);
                 if let Some(view) = self.workers.get_mut(&index) {
                     if let Some(lease) = &mut view.lease {
-                        lease.2 = lease.2.min(now_us);
+                        lease.2 = lease.2.min(now_local);
                     }
                 }
+            }
+            Event::Accepted { version, digest } => {
+                if version.term < held_term {
+                    self.violate(
+                        now_us,
+                        format!(
+                            "node {node:?} accepts state {version} after holding term {held_term}"
+                        ),
+                    );
+                }
+                self.one_content(now_us, version, digest);
             }
             Event::Committed { version, digest } => {
                 let view = self.workers.entry(index).or_default();
@@ -148,13 +208,7 @@ impl Checker {
                         format!("node {node:?} committed {version} after {before}"),
                     );
                 }
-                match self.digests.insert(version, digest) {
-                    Some(d) if d != digest => self.violate(
-                        now_us,
-                        format!("version {version} committed with two different contents"),
-                    ),
-                    _ => {}
-                }
+                self.one_content(now_us, version, digest);
                 if self.committed.insert(version) {
                     let lost: Vec<(u64, Version)> = self
                         .crowned
@@ -166,20 +220,80 @@ impl Checker {
                         self.violate(now_us, format!("version {version} committed, but the queen of term {t} was crowned holding only {inh}"));
                     }
                 }
+                if self.reigning.get(&version.term) == Some(&index) {
+                    // Her own commit decision.
+                    if let Some(higher) = self.highest_queen_commit.filter(|h| *h > version.term) {
+                        self.violate(now_us, format!("queen {node:?} of term {} commits {version} after the queen of term {higher} committed", version.term));
+                    }
+                    let highest = self.highest_queen_commit.get_or_insert(version.term);
+                    *highest = (*highest).max(version.term);
+                }
             }
             Event::MemberUp(_)
             | Event::MemberDown(_)
             | Event::Stood { .. }
-            | Event::Accepted { .. }
             | Event::Planned { .. }
-            | Event::Assigned { .. } => {}
+            | Event::Assigned { .. }
+            | Event::SplitBrain { .. }
+            | Event::RoleHealth { .. } => {}
         }
     }
 
-    /// A node restarted: its lease view is gone but what it committed is not.
+    /// One version, one content: every version has one writer (the queen of its term).
+    fn one_content(&mut self, now_us: u64, version: Version, digest: u64) {
+        match self.digests.insert(version, digest) {
+            Some(d) if d != digest => self.violate(
+                now_us,
+                format!("version {version} has two different contents"),
+            ),
+            _ => {}
+        }
+    }
+
+    /// The term node `index` holds after a step (or at boot). Terms never go backwards, even
+    /// across restarts: the term is persisted before anything that reveals it is sent.
+    pub fn on_term(&mut self, now_us: u64, index: usize, node: NodeId, term: u64) {
+        let held = self.terms.entry(index).or_insert(term);
+        if term < *held {
+            let before = *held;
+            *held = term;
+            self.violate(
+                now_us,
+                format!("node {node:?} holds term {term} after term {before}"),
+            );
+        } else {
+            *held = term;
+        }
+    }
+
+    /// Node `index` persisted `voted_for` in `term`: one vote per term, even across restarts.
+    pub fn on_persist(
+        &mut self,
+        now_us: u64,
+        index: usize,
+        node: NodeId,
+        term: u64,
+        voted_for: Option<NodeId>,
+    ) {
+        let Some(candidate) = voted_for else { return };
+        match self.votes.insert(index, (term, candidate)) {
+            Some((t, earlier)) if t == term && earlier != candidate => self.violate(
+                now_us,
+                format!("node {node:?} voted twice in term {term}: for {earlier:?} and for {candidate:?}"),
+            ),
+            Some((t, earlier)) if t > term => {
+                // Terms never go backwards (`on_term` reports it); keep the newer vote.
+                self.votes.insert(index, (t, earlier));
+            }
+            _ => {}
+        }
+    }
+
+    /// A node restarted: its lease view and any reign are gone but what it committed is not.
     pub fn on_restart(&mut self, index: usize) {
         if let Some(view) = self.workers.get_mut(&index) {
             view.lease = None;
         }
+        self.reigning.retain(|_, i| *i != index);
     }
 }

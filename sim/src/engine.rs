@@ -1,31 +1,47 @@
 //! The discrete-event engine: virtual time, one seeded RNG (ChaCha8), an event queue ordered by
 //! (time, sequence number), a simulated network (latency, loss, duplication, reordering,
 //! partitions, one-way cuts), crashes and restarts (a restart keeps what the node persisted),
-//! and clock skew. It drives the very same `dna::Node` (and so foca) the agent runs.
+//! each node's monotonic clock (`crate::clock`: drift, and steps for explicit tests) and process
+//! pauses (held sends, a bounded receive buffer, no timers; see the scenario module doc). It
+//! drives the very same `dna::Node` (and so foca) the agent runs.
 //!
 //! Same seed ⇒ same event sequence: the trace hash folds every processed event in order.
+//!
+//! With a colony spec, `workload.rs` models each node's runtime (replica reports) and checks
+//! what the colony does with replicas (failed ones move, exclusions hold, stateful ones wait,
+//! health converges).
+
+mod workload;
 
 use crate::checker::Checker;
-use crate::report::{EventMoves, Moves, Roles};
+use crate::clock::Clock;
+use crate::link::Link;
+use crate::queue::EventQueue;
+use crate::report::{Detection, EventMoves, Moves, Roles, Traffic};
 use crate::report::{Failover, QueenRecord, Report};
-use crate::scenario::{Action, ChaosSpec, RestartTarget, Scenario, Target, TimedEvent};
+use crate::scenario::{
+    Action, ChaosSpec, DriftRate, RestartTarget, Scenario, Target, TimedEvent, Who,
+};
+use crate::series::{MarkKind, Series};
 use bytes::Bytes;
-use dna::{Config, Event, Node, Persisted, Role};
+use dna::{Config, Event, Lane, Node, Persisted, Role, Transmit};
 use rand::rngs::ChaCha8Rng;
 use rand::{RngExt, SeedableRng};
-use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap};
-use std::collections::{BTreeSet, BinaryHeap};
+use std::collections::{BTreeSet, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use swarm_core::seal::ColonyKey;
 use swarm_core::spec::ColonySpec;
 use swarm_core::swim::SwimId;
-use swarm_core::wire::{Assignment, Version};
+use swarm_core::wire::{Assignment, MAX_DATAGRAM_BYTES, ReplicaState, SEAL_RESERVE_BYTES, Version};
 use swarm_core::{Capabilities, NodeId, Time};
+use workload::{DEFAULT_REPLICA_START_US, Workloads};
 
 const PORT: u16 = 7946;
-/// Node clocks start here so that negative skew never underflows.
-const CLOCK_BASE_US: u64 = 1_000_000_000;
+/// A paused node's receive buffer holds this many payload bytes (Linux's default
+/// `net.core.rmem_default`); packets that arrive when it is full are dropped, as by a full UDP
+/// socket. (The kernel also charges per-packet overhead, so a real buffer holds fewer small
+/// packets: this errs towards delivering more stale packets, the harder case.)
+pub const RX_BUFFER_BYTES: usize = 212_992;
 /// How often the engine samples colony-wide properties (membership convergence).
 const SAMPLE_US: u64 = 100_000;
 /// After the last disturbance, the colony must have converged to one queen within this long.
@@ -37,6 +53,20 @@ pub const CONVERGE_WINDOW_US: u64 = 5_000_000;
 pub const MAX_QUEUE: usize = 50_000_000;
 /// Bound on timeline lines kept for the readable report.
 const MAX_TIMELINE: usize = 10_000;
+/// Stream throughput: 125 bytes per µs is 1 Gbit/s.
+const STREAM_BYTES_PER_US: u64 = 125;
+/// A stream frame hit by a loss roll arrives this many worst-case latencies later (QUIC's
+/// loss detection and retransmission).
+const STREAM_RETRANSMIT_LATENCIES: u64 = 3;
+/// Bound on the per-(sender, receiver) stream ordering table; past it, pairs with nothing in
+/// flight are forgotten.
+const MAX_STREAM_PAIRS: usize = 1 << 16;
+/// A `MemberDown` is false when its subject is running and has not crashed for this long, and
+/// no partition or cut has separated the pair for this long (a stale rumour of a real death
+/// may legitimately arrive late).
+pub const FALSE_DOWN_GRACE_US: u64 = 30_000_000;
+/// Bound on the crash detections the engine tracks per run (later crashes are not tracked).
+const MAX_DETECTIONS: usize = 10_000;
 
 /// Knobs beyond the scenario.
 #[derive(Clone, Debug)]
@@ -60,7 +90,8 @@ pub fn addr_of(index: usize) -> SocketAddr {
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::from(ip), PORT))
 }
 
-fn index_of(addr: SocketAddr, nodes: usize) -> Option<usize> {
+/// The simulation index of the node listening on `addr` (the inverse of [`addr_of`]).
+pub fn index_of(addr: SocketAddr, nodes: usize) -> Option<usize> {
     let SocketAddr::V4(v4) = addr else {
         return None;
     };
@@ -69,34 +100,40 @@ fn index_of(addr: SocketAddr, nodes: usize) -> Option<usize> {
 }
 
 enum Kind {
-    Boot { node: usize },
-    Deliver { to: u32, from: u32, payload: Bytes },
-    Wake { node: u32, incarnation: u32 },
-    Scenario { index: usize },
+    Boot {
+        node: usize,
+    },
+    Deliver {
+        to: u32,
+        from: u32,
+        payload: Bytes,
+    },
+    Wake {
+        node: u32,
+        incarnation: u32,
+    },
+    /// A paused node resumes.
+    Resume {
+        node: u32,
+        incarnation: u32,
+    },
+    Scenario {
+        index: usize,
+    },
     Chaos,
     Sample,
-}
-
-struct Ev {
-    at: u64,
-    seq: u64,
-    kind: Kind,
-}
-impl PartialEq for Ev {
-    fn eq(&self, o: &Self) -> bool {
-        (self.at, self.seq) == (o.at, o.seq)
-    }
-}
-impl Eq for Ev {}
-impl PartialOrd for Ev {
-    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Ev {
-    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        (self.at, self.seq).cmp(&(o.at, o.seq))
-    }
+    /// A modelled replica finished starting.
+    Ready {
+        node: u32,
+        incarnation: u32,
+        role: String,
+        replica: u32,
+    },
+    /// Queued replica reports are due at a node.
+    Reports {
+        node: u32,
+        incarnation: u32,
+    },
 }
 
 struct SimNode {
@@ -105,20 +142,36 @@ struct SimNode {
     /// Boxed: the engine moves it in and out on every event.
     node: Option<Box<Node>>,
     disk: Option<Persisted>,
-    offset_us: i64,
+    clock: Clock,
     wake_at: Option<u64>,
     crashed_at: Option<u64>,
+    /// When it last crashed (kept across restarts, for telling stale rumours from false downs).
+    last_crash: Option<u64>,
+    pause: Pause,
+}
+
+/// A node's process pause (see the scenario module doc).
+#[derive(Default)]
+struct Pause {
+    /// A pause that starts inside the node's next step, and its length.
+    due_us: Option<u64>,
+    /// While paused: when it resumes.
+    until: Option<u64>,
+    /// What the interrupted step sends when the node resumes.
+    held: Vec<dna::Transmit>,
+    /// Packets that arrived meanwhile (sender index, payload), at most `RX_BUFFER_BYTES`.
+    rx: VecDeque<(u32, Bytes)>,
+    rx_bytes: usize,
+    rx_dropped: usize,
 }
 
 impl SimNode {
     fn local(&self, global: u64) -> Time {
-        Time((CLOCK_BASE_US + global).saturating_add_signed(self.offset_us))
+        self.clock.local(global)
     }
-    fn global(&self, local: Time) -> u64 {
-        local
-            .0
-            .saturating_add_signed(-self.offset_us)
-            .saturating_sub(CLOCK_BASE_US)
+    /// The earliest global time ≥ `now` at which the node's clock reads `local`.
+    fn global(&self, local: Time, now: u64) -> u64 {
+        self.clock.global(local, now)
     }
 }
 
@@ -131,6 +184,8 @@ struct Net {
     /// Partition group per node; `None` = no partition in force.
     groups: Option<Vec<Option<u32>>>,
     oneway: Vec<(BTreeSet<usize>, BTreeSet<usize>)>,
+    /// When a partition or cut was last put in force or healed.
+    last_cut_change: Option<u64>,
 }
 
 impl Net {
@@ -155,7 +210,7 @@ pub struct Sim {
     rng: ChaCha8Rng,
     now: u64,
     seq: u64,
-    queue: BinaryHeap<Reverse<Ev>>,
+    queue: EventQueue<Kind>,
     nodes: Vec<SimNode>,
     net: Net,
     events: Vec<TimedEvent>,
@@ -165,8 +220,19 @@ pub struct Sim {
     processed: u64,
     messages: u64,
     bytes: u64,
+    stream_frames: u64,
+    oversize_dropped: u64,
+    /// Per (from, to): when the last stream frame is delivered, so streams stay ordered.
+    streams: HashMap<(u32, u32), u64>,
     last_disturbance: u64,
     membership_converged: Option<u64>,
+    /// When the last node booted for the first time.
+    last_first_boot: u64,
+    /// Crashes being watched: who marks the crashed node down, and when.
+    detections: Vec<Watch>,
+    false_downs: Vec<String>,
+    /// Bytes sent from the middle of the run on (steady state), by class, and per node.
+    steady: SteadyBytes,
     queens: Vec<QueenRecord>,
     failovers: Vec<Failover>,
     timeline: Vec<String>,
@@ -179,6 +245,39 @@ pub struct Sim {
     /// A queen that must be handed the spec once the engine has her in hand.
     spec_due: Option<usize>,
     plans: Plans,
+    /// The time series for `run --svg` (only when [`Sim::record_series`] asked for it).
+    series: Option<Series>,
+    /// Test hook: persistence that loses `voted_for` on restart (a bug the checker must catch).
+    forget_votes: bool,
+    /// The replicas' runtime model and its checks (`workload.rs`).
+    work: Workloads,
+    /// Whether the colony was calm when the action being applied began (see `Sim::calm`).
+    action_calm: bool,
+}
+
+/// One crash being watched: the running nodes that have not yet marked the crashed node down.
+struct Watch {
+    node: usize,
+    id: NodeId,
+    queen: bool,
+    crashed_at: u64,
+    pending: BTreeSet<usize>,
+    survivors: usize,
+    first: Option<u64>,
+    last: Option<u64>,
+    /// Closed: every survivor knew, or the node restarted first.
+    closed: bool,
+    restarted_first: bool,
+}
+
+/// Traffic from the middle of the run on.
+#[derive(Default)]
+struct SteadyBytes {
+    swim: u64,
+    membership: u64,
+    other: u64,
+    /// SWIM + membership bytes per sending node.
+    gossip_by_node: Vec<u64>,
 }
 
 /// What the engine tracks about plans (only with a colony spec).
@@ -205,7 +304,6 @@ fn mix(h: u64, x: u64) -> u64 {
 impl Sim {
     pub fn new(scenario: &Scenario, opts: Options) -> Sim {
         let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
-        let key = ColonyKey::from_passphrase("aware-sim");
         let n = opts.nodes;
         let seeds: Vec<SocketAddr> = (0..n.min(3)).map(addr_of).collect();
         let mut ids = BTreeSet::new();
@@ -215,7 +313,7 @@ impl Sim {
             while !ids.insert(id) {
                 id = NodeId(rng.random::<u64>() | 1);
             }
-            let mut cfg = Config::new(id, addr_of(i), key.clone());
+            let mut cfg = Config::new(id, addr_of(i));
             cfg.seeds = seeds.clone();
             cfg.bootstrap_expect = scenario.bootstrap_expect.unwrap_or(n).max(1);
             cfg.cluster_size_hint = u32::try_from(n).unwrap_or(u32::MAX);
@@ -233,17 +331,30 @@ impl Sim {
                 cfg,
                 node: None,
                 disk: None,
-                offset_us: 0,
+                clock: Clock::new(0),
                 wake_at: None,
                 crashed_at: None,
+                pause: Pause::default(),
+                last_crash: None,
             });
+        }
+        // Clock rates, fixed per node (later classes win). No draws without `drift:`.
+        for class in &scenario.drift {
+            let listed: Vec<usize> = class.nodes.clone().unwrap_or_else(|| (0..n).collect());
+            for i in listed.into_iter().filter(|i| *i < n) {
+                let ppm = match class.rate {
+                    DriftRate::Fixed(ppm) => ppm,
+                    DriftRate::Uniform(max) => rng.random_range(-max..=max),
+                };
+                nodes[i].clock = Clock::new(ppm);
+            }
         }
         let net = &scenario.network;
         let mut sim = Sim {
             rng,
             now: 0,
             seq: 0,
-            queue: BinaryHeap::new(),
+            queue: EventQueue::default(),
             nodes,
             net: Net {
                 latency: (
@@ -256,6 +367,7 @@ impl Sim {
                 reorder: net.reorder,
                 groups: None,
                 oneway: Vec::new(),
+                last_cut_change: None,
             },
             events: scenario.events.clone(),
             chaos: scenario.chaos.clone(),
@@ -264,8 +376,18 @@ impl Sim {
             processed: 0,
             messages: 0,
             bytes: 0,
+            stream_frames: 0,
+            oversize_dropped: 0,
+            streams: HashMap::new(),
             last_disturbance: 0,
             membership_converged: None,
+            last_first_boot: 0,
+            detections: Vec::new(),
+            false_downs: Vec::new(),
+            steady: SteadyBytes {
+                gossip_by_node: vec![0; n],
+                ..SteadyBytes::default()
+            },
             queens: Vec::new(),
             failovers: Vec::new(),
             timeline: Vec::new(),
@@ -275,6 +397,14 @@ impl Sim {
             index_by_id: HashMap::new(),
             spec_due: None,
             plans: Plans::default(),
+            series: None,
+            forget_votes: false,
+            work: Workloads::new(
+                scenario
+                    .replica_start_us
+                    .unwrap_or(DEFAULT_REPLICA_START_US),
+            ),
+            action_calm: false,
             opts,
         };
         sim.index_by_id = sim
@@ -303,16 +433,25 @@ impl Sim {
         sim
     }
 
+    /// Test hook: the driver's persistence loses `voted_for` whenever a node restarts, a bug that
+    /// lets a node vote twice in one term. The checker must catch what follows.
+    pub fn forget_votes_on_restart(&mut self) {
+        self.forget_votes = true;
+    }
+
+    /// Test hook: adjusts node `i`'s configuration before it first boots (call before `run`).
+    pub fn configure(&mut self, f: impl Fn(usize, &mut Config)) {
+        for (i, sn) in self.nodes.iter_mut().enumerate() {
+            f(i, &mut sn.cfg);
+        }
+    }
+
     fn push(&mut self, at: u64, kind: Kind) {
         if self.queue.len() >= MAX_QUEUE {
             return;
         }
         self.seq += 1;
-        self.queue.push(Reverse(Ev {
-            at: at.max(self.now),
-            seq: self.seq,
-            kind,
-        }));
+        self.queue.push(at.max(self.now), self.seq, kind);
     }
 
     fn note(&mut self, line: String) {
@@ -325,38 +464,61 @@ impl Sim {
     /// Runs to the end and returns the report (wall time and memory are filled by the caller).
     pub fn run(mut self) -> Report {
         let end = self.opts.duration_us;
-        while let Some(Reverse(ev)) = self.queue.pop() {
-            if ev.at > end {
-                break;
-            }
-            self.now = ev.at;
-            self.processed += 1;
-            self.trace = mix(mix(self.trace, ev.at), ev.seq);
-            self.dispatch(ev.kind);
-        }
-        self.now = end;
+        self.run_until(end);
+        self.report()
+    }
+
+    /// Processes every event up to `at_us` (at most the run's end); virtual time is then `at_us`.
+    pub fn run_until(&mut self, at_us: u64) {
+        while self.step_until(at_us).is_some() {}
+        self.now = self.now.max(at_us.min(self.opts.duration_us));
+    }
+
+    /// Processes the next event if it is due by the run's end, and returns its time.
+    pub fn step(&mut self) -> Option<u64> {
+        self.step_until(self.opts.duration_us)
+    }
+
+    fn step_until(&mut self, at_us: u64) -> Option<u64> {
+        let end = at_us.min(self.opts.duration_us);
+        let (at, seq, kind) = self.queue.pop_until(end)?;
+        self.now = at;
+        self.processed += 1;
+        self.trace = mix(mix(self.trace, at), seq);
+        self.dispatch(kind);
+        Some(self.now)
+    }
+
+    /// Applies a scenario action now (for tests that steer a run as it goes).
+    pub fn act(&mut self, action: Action) {
+        self.apply(action);
+    }
+
+    /// What node `i` last persisted.
+    pub fn disk(&self, i: usize) -> Option<&Persisted> {
+        self.nodes.get(i)?.disk.as_ref()
+    }
+
+    /// The running queen of the highest term, if any.
+    pub fn queen(&self) -> Option<usize> {
+        self.current_queen()
+    }
+
+    /// Virtual time now.
+    pub fn now_us(&self) -> u64 {
+        self.now
+    }
+
+    /// Ends the run at its full duration and returns the report.
+    pub fn report(mut self) -> Report {
+        self.now = self.now.max(self.opts.duration_us);
         self.finish()
     }
 
     fn dispatch(&mut self, kind: Kind) {
         match kind {
             Kind::Boot { node } => self.boot(node),
-            Kind::Deliver { to, from, payload } => {
-                let (to, from) = (to as usize, addr_of(from as usize));
-                let tag = payload.len().checked_sub(8).map_or(0, |s| {
-                    let mut b = [0u8; 8];
-                    b.copy_from_slice(&payload[s..]);
-                    u64::from_le_bytes(b)
-                });
-                self.trace = mix(mix(self.trace, to as u64), tag);
-                let now = self.now;
-                let sn = &mut self.nodes[to];
-                let local = sn.local(now);
-                if let Some(node) = &mut sn.node {
-                    node.handle_packet(from, &payload, local);
-                    self.drain(to);
-                }
-            }
+            Kind::Deliver { to, from, payload } => self.deliver(to as usize, from, payload),
             Kind::Wake { node, incarnation } => {
                 let node = node as usize;
                 let now = self.now;
@@ -370,12 +532,20 @@ impl Sim {
                 n.handle_timeout(local);
                 self.drain(node);
             }
+            Kind::Resume { node, incarnation } => self.resume(node as usize, incarnation),
             Kind::Scenario { index } => {
                 let action = self.events[index].action.clone();
                 self.apply(action);
             }
             Kind::Chaos => self.chaos_step(),
             Kind::Sample => self.sample(),
+            Kind::Ready {
+                node,
+                incarnation,
+                role,
+                replica,
+            } => self.on_ready(node as usize, incarnation, role, replica),
+            Kind::Reports { node, incarnation } => self.on_reports_due(node as usize, incarnation),
         }
     }
 
@@ -385,6 +555,11 @@ impl Sim {
         let sn = &mut self.nodes[i];
         let local = sn.local(now);
         let restart = sn.disk.is_some();
+        if restart && self.forget_votes {
+            if let Some(disk) = &mut sn.disk {
+                disk.voted_for = None;
+            }
+        }
         match Node::new(sn.cfg.clone(), sn.disk.clone(), local, seed) {
             Ok(mut node) => {
                 if self.opts.preload_membership && !restart {
@@ -406,7 +581,18 @@ impl Sim {
                 sn.wake_at = None;
                 if restart {
                     self.checker.on_restart(i);
+                    self.on_restart(i);
                     self.note(format!("node {i} restarts"));
+                    for w in self
+                        .detections
+                        .iter_mut()
+                        .filter(|w| w.node == i && !w.closed)
+                    {
+                        w.closed = true;
+                        w.restarted_first = true;
+                    }
+                } else {
+                    self.last_first_boot = self.last_first_boot.max(now);
                 }
                 self.drain(i);
             }
@@ -424,11 +610,25 @@ impl Sim {
             return;
         };
         if let Some(p) = node.poll_persist() {
+            self.checker.on_persist(now, i, p.node, p.term, p.voted_for);
             self.nodes[i].disk = Some(p);
         }
         while let Some(event) = node.poll_event() {
             self.on_node_event(i, &node, event);
         }
+        // The runtime's reports are inputs of this same step (its events may queue more).
+        loop {
+            let reports = self.take_reports(i);
+            if reports.is_empty() {
+                break;
+            }
+            let local = self.nodes[i].local(now);
+            node.report_replicas(reports, local);
+            while let Some(event) = node.poll_event() {
+                self.on_node_event(i, &node, event);
+            }
+        }
+        self.checker.on_term(now, i, node.id(), node.term());
         if self.spec_due.take() == Some(i) {
             if let Some(spec) = &self.opts.spec {
                 let local = self.nodes[i].local(now);
@@ -437,12 +637,39 @@ impl Sim {
                 }
             }
         }
+        if let Some(for_us) = self.nodes[i].pause.due_us.take() {
+            // The pause hits now, between this step's decisions and its sends.
+            let mut held = Vec::new();
+            while let Some(t) = node.poll_transmit() {
+                held.push(t);
+            }
+            let incarnation = node.incarnation();
+            let sn = &mut self.nodes[i];
+            let until = now + for_us;
+            sn.pause.until = Some(until);
+            sn.wake_at = None;
+            sn.node = Some(node);
+            self.note(format!(
+                "node {i} pauses for {:.3}s ({} packets of this step held)",
+                secs(for_us),
+                held.len()
+            ));
+            self.nodes[i].pause.held = held;
+            self.push(
+                until,
+                Kind::Resume {
+                    node: i as u32,
+                    incarnation,
+                },
+            );
+            return;
+        }
         while let Some(t) = node.poll_transmit() {
-            self.transmit(i, t.to, t.payload);
+            self.transmit(i, t);
         }
         let sn = &mut self.nodes[i];
         if let Some(deadline) = node.poll_timeout() {
-            let at = sn.global(deadline).max(now);
+            let at = sn.global(deadline, now);
             if sn.wake_at.is_none_or(|w| at < w) {
                 sn.wake_at = Some(at);
                 let incarnation = node.incarnation();
@@ -460,14 +687,111 @@ impl Sim {
         sn.node = Some(node);
     }
 
-    fn on_node_event(&mut self, i: usize, node: &Node, event: Event) {
-        let sn = &self.nodes[i];
-        let offset = sn.offset_us;
-        let to_global = |t: Time| {
-            t.0.saturating_add_signed(-offset)
-                .saturating_sub(CLOCK_BASE_US)
+    /// A packet reaches node `to`: handled now, or buffered while the node is paused.
+    fn deliver(&mut self, to: usize, from: u32, payload: Bytes) {
+        let tag = payload.len().checked_sub(8).map_or(0, |s| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&payload[s..]);
+            u64::from_le_bytes(b)
+        });
+        self.trace = mix(mix(self.trace, to as u64), tag);
+        let now = self.now;
+        let sn = &mut self.nodes[to];
+        if sn.node.is_some() && sn.pause.until.is_some() {
+            let p = &mut sn.pause;
+            if p.rx_bytes + payload.len() <= RX_BUFFER_BYTES {
+                p.rx_bytes += payload.len();
+                p.rx.push_back((from, payload));
+            } else {
+                p.rx_dropped += 1;
+            }
+            return;
+        }
+        let local = sn.local(now);
+        if let Some(node) = &mut sn.node {
+            node.handle_packet(addr_of(from as usize), &payload, local);
+            self.drain(to);
+        }
+    }
+
+    /// A paused node resumes: the interrupted step's sends leave, then the buffered packets are
+    /// handled in arrival order, with its due timers firing at a point among them the RNG picks
+    /// (first, last or in between), as an event loop's `select` over a socket and a timer would.
+    fn resume(&mut self, i: usize, incarnation: u32) {
+        let now = self.now;
+        let sn = &mut self.nodes[i];
+        let current = sn
+            .node
+            .as_ref()
+            .is_some_and(|n| n.incarnation() == incarnation);
+        if !current || sn.pause.until != Some(now) {
+            return;
+        }
+        sn.pause.until = None;
+        let held = std::mem::take(&mut sn.pause.held);
+        let rx = std::mem::take(&mut sn.pause.rx);
+        let dropped = std::mem::take(&mut sn.pause.rx_dropped);
+        sn.pause.rx_bytes = 0;
+        self.note(format!(
+            "node {i} resumes: {} held packets leave, {} buffered packets to handle, {dropped} dropped",
+            held.len(),
+            rx.len()
+        ));
+        for t in held {
+            self.transmit(i, t);
+        }
+        let timers_after = self.rng.random_range(0..=rx.len());
+        let mut rx = rx.into_iter();
+        for (from, payload) in rx.by_ref().take(timers_after) {
+            self.deliver(i, from, payload);
+        }
+        let sn = &mut self.nodes[i];
+        let local = sn.local(now);
+        if let Some(node) = &mut sn.node {
+            node.handle_timeout(local);
+            self.drain(i); // also schedules its next wake
+        }
+        for (from, payload) in rx {
+            self.deliver(i, from, payload);
+        }
+    }
+
+    /// The node's clock changed course: its next timer is due at another global time.
+    fn reclock(&mut self, i: usize) {
+        let now = self.now;
+        let sn = &mut self.nodes[i];
+        if sn.pause.until.is_some() {
+            return; // resuming reschedules
+        }
+        let Some(node) = &sn.node else { return };
+        let Some(deadline) = node.poll_timeout() else {
+            return;
         };
-        self.checker.on_event(self.now, i, sn.id, &event, to_global);
+        let at = sn.global(deadline, now);
+        let incarnation = node.incarnation();
+        sn.wake_at = Some(at);
+        self.push(
+            at,
+            Kind::Wake {
+                node: i as u32,
+                incarnation,
+            },
+        );
+    }
+
+    fn resolve(&self, who: Who) -> Option<usize> {
+        match who {
+            Who::Queen => self.current_queen(),
+            Who::Node(n) => (n < self.nodes.len()).then_some(n),
+        }
+    }
+
+    fn on_node_event(&mut self, i: usize, node: &Node, event: Event) {
+        let now = self.now;
+        let nodes = &self.nodes;
+        let clocks = |j: usize| nodes[j].clock.local(now);
+        self.checker.on_event(now, i, nodes[i].id, &event, &clocks);
+        let sn = &self.nodes[i];
         match event {
             Event::Crowned { term, roster, .. } => {
                 self.queens.push(QueenRecord {
@@ -497,6 +821,18 @@ impl Sim {
                 self.depose(i, term, format!("{reason:?}"));
                 self.note(format!("node {i} abdicates term {term}: {reason:?}"));
             }
+            Event::SplitBrain { term, other } => {
+                let who = if node.role() == Role::Queen || node.term() > term {
+                    "queen"
+                } else {
+                    "worker"
+                };
+                let j = self.index_by_id.get(&other).copied();
+                self.note(format!(
+                    "node {i} ({who}) sees a second queen in term {term}: node {}",
+                    j.map_or_else(|| format!("{other:?}"), |j| j.to_string())
+                ));
+            }
             Event::Stood { pre, .. } if self.debug => {
                 let second = self.now / 1_000_000;
                 let e = self
@@ -505,6 +841,7 @@ impl Sim {
                     .or_insert((0, 0));
                 e.0 += 1;
             }
+            Event::MemberDown(down) => self.on_member_down(i, down),
             Event::QueenLost { term, .. } => {
                 let now = secs(self.now);
                 for f in self
@@ -524,7 +861,76 @@ impl Sim {
                 }
                 self.on_commit(i, node, version);
             }
+            Event::Assigned { assignments, .. } => {
+                let mine = assignments
+                    .into_iter()
+                    .map(|a| (a.role, a.replica))
+                    .collect();
+                self.on_assigned(i, node.incarnation(), mine);
+            }
+            Event::Planned { version, moves, .. } => {
+                for m in moves.iter().take(20) {
+                    let to = m.to.map_or_else(
+                        || "nowhere".to_owned(),
+                        |id| {
+                            self.index_by_id
+                                .get(&id)
+                                .map_or_else(|| format!("{id:?}"), |j| format!("node {j}"))
+                        },
+                    );
+                    let from = self
+                        .index_by_id
+                        .get(&m.from)
+                        .map_or_else(|| format!("{:?}", m.from), |j| format!("node {j}"));
+                    self.note(format!(
+                        "plan {version} moves {}/{} from {from} to {to}: {:?}",
+                        m.role, m.replica, m.why
+                    ));
+                }
+            }
             _ => {}
+        }
+    }
+
+    /// Node `i` marks `down` dead: a detection of a watched crash, or a false down if `down` is
+    /// running and nothing explains it (see [`FALSE_DOWN_GRACE_US`]).
+    fn on_member_down(&mut self, i: usize, down: NodeId) {
+        let now = self.now;
+        let Some(&x) = self.index_by_id.get(&down) else {
+            return;
+        };
+        if let Some(w) = self
+            .detections
+            .iter_mut()
+            .rev()
+            .find(|w| w.id == down && !w.closed)
+        {
+            if w.pending.remove(&i) {
+                w.first.get_or_insert(now);
+                w.last = Some(now);
+                if w.pending.is_empty() {
+                    w.closed = true;
+                }
+            }
+            return;
+        }
+        let sn = &self.nodes[x];
+        let crashed_lately = sn.last_crash.is_some_and(|c| c + FALSE_DOWN_GRACE_US > now);
+        let cut_lately = self
+            .net
+            .last_cut_change
+            .is_some_and(|c| c + FALSE_DOWN_GRACE_US > now);
+        if sn.node.is_some()
+            && !crashed_lately
+            && !cut_lately
+            && !self.net.cut(i, x)
+            && !self.net.cut(x, i)
+        {
+            let what = format!("node {i} marks running node {x} down");
+            self.note(format!("FALSE DOWN: {what}"));
+            if self.false_downs.len() < MAX_DETECTIONS {
+                self.false_downs.push(format!("{:.3}s {what}", secs(now)));
+            }
         }
     }
 
@@ -534,7 +940,10 @@ impl Sim {
         let state = node.state();
         let Some(spec) = &state.spec else { return };
         if self.plans.checked.insert(version) {
-            if let Err(e) = dna::plan::check(spec, &state.nodes, &state.assignments) {
+            let exclusions = dna::plan::Exclusions::of(state);
+            if let Err(e) =
+                dna::plan::check_excluding(spec, &state.nodes, &state.assignments, exclusions)
+            {
                 self.checker.violate(
                     self.now,
                     format!("committed plan {version} is invalid: {e}"),
@@ -585,6 +994,7 @@ impl Sim {
             placed.insert(key, *to);
         }
         self.plans.placed = placed;
+        self.check_replica_moves();
         self.plans.committed += 1;
         self.plans.assigned = state.assignments.len();
         self.plans.unplaced_count = state.unplaced.len();
@@ -637,11 +1047,18 @@ impl Sim {
             .map(|sn| swarm_core::spec::NodeRecord {
                 node: sn.id,
                 caps: sn.cfg.caps.clone(),
+                ip: None,
             })
             .collect();
         running.sort_by_key(|r| r.node);
         let placeable = dna::plan::plan(spec, &running, &[]).assignments.len();
-        if state.assignments.len() >= placeable {
+        // A failed replica kept unplaced (backoff, or nowhere else to go) is accounted for.
+        let failing = state
+            .unplaced
+            .iter()
+            .filter(|u| matches!(u.reason, swarm_core::spec::UnplacedReason::Failing { .. }))
+            .count();
+        if state.assignments.len() + failing >= placeable {
             let q = &mut self.queens[q];
             q.roles_assigned_s = Some(now - q.crowned_s);
         }
@@ -660,8 +1077,28 @@ impl Sim {
         }
     }
 
-    fn transmit(&mut self, from: usize, to: SocketAddr, payload: Bytes) {
+    fn transmit(&mut self, from: usize, t: Transmit) {
+        let Transmit { to, payload, lane } = t;
         self.messages += 1;
+        if self.now >= self.opts.duration_us / 2 {
+            let len = payload.len() as u64;
+            // Byte 2 is the channel (1 = SWIM); byte 11 the `ColonyMsg` variant (10 JoinRequest,
+            // 11 Members, 12 Rumour: the membership exchange).
+            let gossip = match (payload.get(2), payload.get(11)) {
+                (Some(1), _) => Some(&mut self.steady.swim),
+                (_, Some(10..=12)) => Some(&mut self.steady.membership),
+                _ => None,
+            };
+            match gossip {
+                Some(class) => {
+                    *class += len;
+                    if let Some(b) = self.steady.gossip_by_node.get_mut(from) {
+                        *b += len;
+                    }
+                }
+                None => self.steady.other += len,
+            }
+        }
         if self.debug {
             let kind = if payload.get(2) == Some(&1) {
                 100
@@ -676,20 +1113,29 @@ impl Sim {
         let Some(to) = index_of(to, self.nodes.len()) else {
             return;
         };
-        if self.net.cut(from, to) || self.rng.random_bool(self.net.loss.clamp(0.0, 1.0)) {
+        match lane {
+            Lane::Datagram => self.send_datagram(from, to, payload),
+            Lane::Stream => self.send_stream(from, to, payload),
+        }
+    }
+
+    /// An unreliable datagram: dropped if, once sealed, it would not fit a LAN datagram; then
+    /// subject to cuts, loss, duplication, latency and reordering.
+    fn send_datagram(&mut self, from: usize, to: usize, payload: Bytes) {
+        if payload.len() + SEAL_RESERVE_BYTES > MAX_DATAGRAM_BYTES {
+            self.oversize_dropped += 1;
             return;
         }
-        let copies = if self.rng.random_bool(self.net.duplicate.clamp(0.0, 1.0)) {
-            2
-        } else {
-            1
+        if self.net.cut(from, to) {
+            return;
+        }
+        let link = Link {
+            latency_us: self.net.latency,
+            loss: self.net.loss,
+            duplicate: self.net.duplicate,
+            reorder: self.net.reorder,
         };
-        for _ in 0..copies {
-            let (lo, hi) = self.net.latency;
-            let mut delay = self.rng.random_range(lo..=hi);
-            if self.rng.random_bool(self.net.reorder.clamp(0.0, 1.0)) {
-                delay += self.rng.random_range(0..=hi.max(1) * 4);
-            }
+        for delay in link.datagram(&mut self.rng).into_iter().flatten() {
             self.push(
                 self.now + delay,
                 Kind::Deliver {
@@ -699,6 +1145,41 @@ impl Sim {
                 },
             );
         }
+    }
+
+    /// A frame on a reliable, ordered stream (QUIC in the agent): never lost or duplicated
+    /// while the path is up, delivered in order per (sender, receiver) after one network
+    /// latency plus its transfer time at [`STREAM_BYTES_PER_US`]; a frame a loss roll hits is
+    /// retransmitted, arriving [`STREAM_RETRANSMIT_LATENCIES`] latencies later. A cut path breaks
+    /// the stream and the frame is lost (the protocol resends what matters).
+    fn send_stream(&mut self, from: usize, to: usize, payload: Bytes) {
+        self.stream_frames += 1;
+        if self.net.cut(from, to) {
+            return;
+        }
+        let (lo, hi) = self.net.latency;
+        let mut delay = self.rng.random_range(lo..=hi) + payload.len() as u64 / STREAM_BYTES_PER_US;
+        if self.rng.random_bool(self.net.loss.clamp(0.0, 1.0)) {
+            delay += STREAM_RETRANSMIT_LATENCIES * hi;
+        }
+        if self.streams.len() >= MAX_STREAM_PAIRS {
+            let now = self.now;
+            self.streams.retain(|_, last| *last > now);
+        }
+        let pair = (from as u32, to as u32);
+        let at = self
+            .streams
+            .get(&pair)
+            .map_or(self.now + delay, |last| (*last).max(self.now + delay));
+        self.streams.insert(pair, at);
+        self.push(
+            at,
+            Kind::Deliver {
+                to: to as u32,
+                from: from as u32,
+                payload,
+            },
+        );
     }
 
     fn current_queen(&self) -> Option<usize> {
@@ -721,7 +1202,34 @@ impl Sim {
         };
         let now = self.now;
         self.nodes[i].crashed_at = Some(now);
+        self.nodes[i].last_crash = Some(now);
         self.nodes[i].wake_at = None;
+        self.nodes[i].pause = Pause::default();
+        let calm = self.action_calm;
+        self.on_crash(i, calm);
+        // A survivor that crashes no longer counts; the crashed node is now watched.
+        for w in self.detections.iter_mut().filter(|w| !w.closed) {
+            if w.pending.remove(&i) && w.pending.is_empty() {
+                w.closed = true;
+            }
+        }
+        if self.detections.len() < MAX_DETECTIONS {
+            let pending: BTreeSet<usize> = (0..self.nodes.len())
+                .filter(|j| self.nodes[*j].node.is_some())
+                .collect();
+            self.detections.push(Watch {
+                node: i,
+                id: self.nodes[i].id,
+                queen: node.role() == Role::Queen,
+                crashed_at: now,
+                survivors: pending.len(),
+                closed: pending.is_empty(),
+                pending,
+                first: None,
+                last: None,
+                restarted_first: false,
+            });
+        }
         if node.role() == Role::Queen {
             self.depose(i, node.term(), "crash".to_owned());
             self.failovers.push(Failover {
@@ -737,7 +1245,12 @@ impl Sim {
     }
 
     fn apply(&mut self, action: Action) {
-        self.last_disturbance = self.now;
+        self.action_calm = self.calm();
+        // A replica's failure or ill health disturbs no election.
+        if !matches!(action, Action::Fail(_) | Action::Unhealthy(_)) {
+            self.last_disturbance = self.now;
+        }
+        self.record_action(&action);
         if self.opts.spec.is_some() {
             let what = match &action {
                 Action::Crash(Target::Queen) => match self.current_queen() {
@@ -786,6 +1299,7 @@ impl Sim {
                 }
                 self.note(format!("partition into {} groups", groups.len()));
                 self.net.groups = Some(g);
+                self.net.last_cut_change = Some(self.now);
             }
             Action::OneWay { from, to } => {
                 self.note(format!(
@@ -796,22 +1310,95 @@ impl Sim {
                 self.net
                     .oneway
                     .push((from.into_iter().collect(), to.into_iter().collect()));
+                self.net.last_cut_change = Some(self.now);
             }
             Action::Loss(p) => {
                 self.note(format!("loss set to {p}"));
                 self.net.loss = p;
             }
             Action::Skew { node, offset_us } => {
-                if let Some(sn) = self.nodes.get_mut(node) {
-                    sn.offset_us = offset_us;
-                    self.note(format!("node {node} clock offset {offset_us}µs"));
+                let Some(i) = self.resolve(node) else {
+                    return self.note(format!("skew {node:?}: no such node"));
+                };
+                let now = self.now;
+                self.nodes[i].clock.set_offset(now, offset_us);
+                self.note(format!("node {i} clock steps to offset {offset_us}µs"));
+                self.reclock(i);
+            }
+            Action::Pause { node, for_us } => {
+                let Some(i) = self.resolve(node).filter(|i| self.nodes[*i].node.is_some()) else {
+                    return self.note(format!("pause {node:?}: no such running node"));
+                };
+                let now = self.now;
+                let sn = &mut self.nodes[i];
+                if let Some(until) = sn.pause.until {
+                    // Already paused: the pause lasts until the later end.
+                    if now + for_us > until {
+                        sn.pause.until = Some(now + for_us);
+                        let incarnation = sn.node.as_ref().map_or(0, |n| n.incarnation());
+                        self.push(
+                            now + for_us,
+                            Kind::Resume {
+                                node: i as u32,
+                                incarnation,
+                            },
+                        );
+                    }
+                    return;
+                }
+                sn.pause.due_us = Some(sn.pause.due_us.unwrap_or(0).max(for_us));
+                let queen = sn
+                    .node
+                    .as_ref()
+                    .filter(|n| n.role() == Role::Queen)
+                    .map(|n| n.term());
+                let lease_us = sn.cfg.lease_ms * 1000;
+                if let Some(term) = queen {
+                    if for_us >= lease_us {
+                        // Long enough for the colony to elect another queen.
+                        self.failovers.push(Failover {
+                            term,
+                            queen_lost_s: secs(now),
+                            detected_s: None,
+                            new_queen_s: None,
+                        });
+                    }
+                }
+                self.note(format!(
+                    "node {i}{} will pause for {:.3}s from its next step",
+                    queen.map_or(String::new(), |t| format!(" (queen of term {t})")),
+                    secs(for_us)
+                ));
+            }
+            Action::Load { node, load } => {
+                let Some(i) = self.resolve(node) else {
+                    return self.note(format!("load {node:?}: no such node"));
+                };
+                if let Some(n) = &mut self.nodes[i].node {
+                    n.set_load(load);
+                    self.note(format!("node {i} reports load {load}"));
                 }
             }
             Action::Heal => {
                 self.note("network heals".to_owned());
+                if !self.net.healthy() {
+                    self.net.last_cut_change = Some(self.now);
+                }
                 self.net.groups = None;
                 self.net.oneway.clear();
                 self.net.loss = self.net.base_loss;
+            }
+            Action::Fail(r) => {
+                let calm = self.action_calm;
+                self.set_replica_state(r, ReplicaState::Failed, calm);
+            }
+            Action::Unhealthy(r) => {
+                let calm = self.action_calm;
+                self.set_replica_state(r, ReplicaState::Unhealthy, calm);
+            }
+            Action::CrashRunning(r) => {
+                let calm = self.action_calm;
+                self.crash_running(r, calm);
             }
         }
     }
@@ -830,11 +1417,11 @@ impl Sim {
         let roll = self.rng.random_range(0..100u32);
         let crashed = self.nodes.iter().filter(|s| s.node.is_none()).count();
         let action = match roll {
-            0..=19 => Action::Crash(Target::Queen),
-            20..=34 if crashed < n / 3 => {
-                Action::Crash(Target::Nodes(vec![self.rng.random_range(0..n)]))
-            }
-            35..=49 => Action::Restart(RestartTarget::Crashed),
+            0..=19 => Some(Action::Crash(Target::Queen)),
+            20..=34 if crashed < n / 3 => Some(Action::Crash(Target::Nodes(vec![
+                self.rng.random_range(0..n),
+            ]))),
+            35..=49 => Some(Action::Restart(RestartTarget::Crashed)),
             50..=64 => {
                 let cut = self.rng.random_range(1..n.max(2));
                 let mut order: Vec<usize> = (0..n).collect();
@@ -842,27 +1429,44 @@ impl Sim {
                     let j = self.rng.random_range(0..=i);
                     order.swap(i, j);
                 }
-                Action::Partition(vec![order[..cut].to_vec(), order[cut..].to_vec()])
+                Some(Action::Partition(vec![
+                    order[..cut].to_vec(),
+                    order[cut..].to_vec(),
+                ]))
             }
             65..=72 => {
                 let a = self.rng.random_range(0..n);
                 let b = self.rng.random_range(0..n);
-                Action::OneWay {
+                Some(Action::OneWay {
                     from: vec![a],
                     to: vec![b],
-                }
+                })
             }
-            73..=79 => Action::Loss(self.rng.random_range(0.0..0.3)),
-            80..=87 if chaos.max_skew_us > 0 => {
-                let max = i64::try_from(chaos.max_skew_us).unwrap_or(i64::MAX);
-                Action::Skew {
-                    node: self.rng.random_range(0..n),
-                    offset_us: self.rng.random_range(-max..=max),
-                }
+            73..=79 => Some(Action::Loss(self.rng.random_range(0.0..0.3))),
+            80..=83 if chaos.max_drift_ppm > 0 => {
+                // A real clock's rate wanders (temperature), continuously: no step.
+                let i = self.rng.random_range(0..n);
+                let max = chaos.max_drift_ppm;
+                let ppm = self.rng.random_range(-max..=max);
+                let now = self.now;
+                self.nodes[i].clock.set_drift(now, ppm);
+                self.note(format!("node {i} clock drifts {ppm}ppm"));
+                self.reclock(i);
+                None
             }
-            _ => Action::Heal,
+            84..=89 if chaos.max_pause_us > 0 => Some(Action::Pause {
+                node: if self.rng.random_bool(0.5) {
+                    Who::Queen
+                } else {
+                    Who::Node(self.rng.random_range(0..n))
+                },
+                for_us: self.rng.random_range(1..=chaos.max_pause_us),
+            }),
+            _ => Some(Action::Heal),
         };
-        self.apply(action);
+        if let Some(action) = action {
+            self.apply(action);
+        }
         let mean = chaos.mean_interval_us.max(1) as f64;
         let u: f64 = self.rng.random_range(f64::EPSILON..1.0);
         let next = self.now + ((-u.ln()) * mean) as u64;
@@ -896,6 +1500,11 @@ impl Sim {
             let (queens, strays, running) = self.convergence();
             self.converged_in_window = running > 0 && queens == 1 && strays.is_empty();
         }
+        self.check_fail_deadlines();
+        if self.now + CONVERGE_WINDOW_US >= self.opts.duration_us && self.net.healthy() {
+            self.sample_health();
+        }
+        self.record_sample();
         let next = self.now + SAMPLE_US;
         self.push(next, Kind::Sample);
     }
@@ -931,7 +1540,7 @@ impl Sim {
                     if n.id() == *queen {
                         return n.queen(sn.local(now)).is_none();
                     }
-                    let recent = sn.local(now.saturating_sub(2_000_000));
+                    let recent = Time(sn.local(now).0.saturating_sub(2_000_000));
                     !n.last_lease()
                         .is_some_and(|(t, q, until)| t == *term && q == *queen && until >= recent)
                 })
@@ -963,6 +1572,7 @@ impl Sim {
         let settled = self.net.healthy()
             && self.now >= self.last_disturbance + SETTLE_US
             && self.now >= SETTLE_US;
+        self.finish_health(settled);
         if settled && !self.converged_in_window {
             let now = self.now;
             let (queens, strays, running) = self.convergence();
@@ -988,6 +1598,43 @@ impl Sim {
                 self.checker.violate(now, what);
             }
         }
+        let detections = self
+            .detections
+            .iter()
+            .map(|w| Detection {
+                node: w.node,
+                queen: w.queen,
+                crashed_s: secs(w.crashed_at),
+                survivors: w.survivors,
+                first_s: w.first.map(|t| secs(t - w.crashed_at)),
+                last_s: (w.pending.is_empty() && !w.restarted_first)
+                    .then(|| w.last.map(|t| secs(t - w.crashed_at)))
+                    .flatten(),
+                missed: w.pending.len(),
+                restarted_first: w.restarted_first,
+            })
+            .collect();
+        let window_s = secs(self.now - self.opts.duration_us / 2).max(1e-6);
+        let per_node = |b: u64| b as f64 / window_s / self.nodes.len().max(1) as f64;
+        let steady = Traffic {
+            from_s: secs(self.opts.duration_us / 2),
+            swim_bytes_per_node_s: per_node(self.steady.swim),
+            membership_bytes_per_node_s: per_node(self.steady.membership),
+            other_bytes_per_node_s: per_node(self.steady.other),
+            gossip_max_node_bytes_s: self
+                .steady
+                .gossip_by_node
+                .iter()
+                .max()
+                .copied()
+                .unwrap_or(0) as f64
+                / window_s,
+        };
+        let queen_healthy: Vec<String> = self
+            .current_queen()
+            .and_then(|q| self.nodes[q].node.as_ref())
+            .map(|n| n.healthy_roles().to_vec())
+            .unwrap_or_default();
         Report {
             nodes: self.nodes.len(),
             seed: self.opts.seed,
@@ -997,6 +1644,17 @@ impl Sim {
             events: self.processed,
             trace_hash: format!("{:016x}", self.trace),
             membership_converged_s: self.membership_converged.map(secs),
+            converged_after_last_boot_s: self
+                .membership_converged
+                .map(|t| secs(t.saturating_sub(self.last_first_boot))),
+            detections,
+            suspicions: self
+                .nodes
+                .iter()
+                .filter_map(|s| s.node.as_ref().map(|n| n.stats().suspicions))
+                .sum(),
+            false_downs: self.false_downs,
+            steady,
             first_queen_s: self.queens.first().map(|q| q.crowned_s),
             roles_assigned_s: self
                 .queens
@@ -1010,6 +1668,13 @@ impl Sim {
                 unplaced: self.plans.unplaced_count,
                 unplaced_reasons: self.plans.unplaced.clone(),
                 moves: self.plans.moves.clone(),
+                replicas: crate::report::ReplicaStats {
+                    failures_injected: self.work.failures_injected,
+                    failed_moved_s: self.work.failed_moved_s.clone(),
+                    held_moved_s: self.work.held_moved_s.clone(),
+                    held_kept: self.work.held_kept,
+                    healthy_roles: queen_healthy.clone(),
+                },
             }),
             queens: self.queens,
             failovers: self.failovers,
@@ -1017,9 +1682,118 @@ impl Sim {
             messages: crate::report::Messages {
                 count: self.messages,
                 bytes: self.bytes,
+                stream_frames: self.stream_frames,
+                oversize_dropped: self.oversize_dropped,
             },
             timeline: self.timeline,
+            series: self.series,
         }
+    }
+}
+
+// ---- Recording for pictures (`run --svg`): the only engine code that feeds `series.rs`. ----
+impl Sim {
+    /// Records members known per node at every sample and a marker per scenario action, for
+    /// [`Report::series`]. Off by default; it changes nothing in the run (no RNG draw, no event).
+    pub fn record_series(mut self) -> Sim {
+        self.series = Some(Series::new());
+        self
+    }
+
+    fn record_sample(&mut self) {
+        let Some(series) = &mut self.series else {
+            return;
+        };
+        let mut known: Vec<u32> = self
+            .nodes
+            .iter()
+            .filter_map(|sn| sn.node.as_ref())
+            .map(|n| u32::try_from(n.live_members() + 1).unwrap_or(u32::MAX))
+            .collect();
+        series.sample(secs(self.now), &mut known);
+    }
+
+    fn record_action(&mut self, action: &Action) {
+        if self.series.is_none() {
+            return;
+        }
+        let running = |i: &usize| self.nodes.get(*i).is_some_and(|sn| sn.node.is_some());
+        let nodes = |n: usize, verb: &str| match n {
+            1 => format!("{verb} 1 node"),
+            n => format!("{verb} {n} nodes"),
+        };
+        let (kind, label) = match action {
+            Action::Crash(Target::Queen) => match self.current_queen() {
+                Some(q) => (MarkKind::Crash, format!("crash queen n{q}")),
+                None => return,
+            },
+            Action::Crash(Target::Nodes(list)) => {
+                match list.iter().filter(|i| running(i)).count() {
+                    0 => return,
+                    1 => match list.iter().find(|i| running(i)) {
+                        Some(i) => (MarkKind::Crash, format!("crash n{i}")),
+                        None => return,
+                    },
+                    n => (MarkKind::Crash, nodes(n, "crash")),
+                }
+            }
+            Action::Restart(target) => {
+                let down = |i: &usize| self.nodes.get(*i).is_some_and(|sn| sn.node.is_none());
+                let n = match target {
+                    RestartTarget::Crashed => (0..self.nodes.len()).filter(down).count(),
+                    RestartTarget::Nodes(list) => list.iter().filter(|i| down(i)).count(),
+                };
+                if n == 0 {
+                    return;
+                }
+                (MarkKind::Restart, nodes(n, "restart"))
+            }
+            Action::Partition(groups) => (
+                MarkKind::Partition,
+                format!("partition {}", {
+                    let sizes: Vec<String> = groups.iter().map(|g| g.len().to_string()).collect();
+                    sizes.join("|")
+                }),
+            ),
+            Action::Heal => (MarkKind::Heal, "heal".to_owned()),
+            Action::OneWay { from, to } => (
+                MarkKind::Network,
+                format!("one-way {}→{}", from.len(), to.len()),
+            ),
+            Action::Loss(p) => (MarkKind::Network, format!("loss {:.0}%", p * 100.0)),
+            Action::Skew { node, offset_us } => (
+                MarkKind::Network,
+                format!("skew {} {:+}ms", who(*node), offset_us / 1000),
+            ),
+            Action::Pause { node, for_us } => (
+                MarkKind::Pause,
+                format!("pause {} {:.1}s", who(*node), *for_us as f64 / 1e6),
+            ),
+            Action::Load { node, load } => (
+                MarkKind::Network,
+                format!("load {} {:.0}%", who(*node), load * 100.0),
+            ),
+            Action::Fail(r) => (MarkKind::Network, format!("fail {}/{}", r.role, r.replica)),
+            Action::Unhealthy(r) => (
+                MarkKind::Network,
+                format!("unhealthy {}/{}", r.role, r.replica),
+            ),
+            Action::CrashRunning(r) => (
+                MarkKind::Crash,
+                format!("crash runner of {}/{}", r.role, r.replica),
+            ),
+        };
+        let at = secs(self.now);
+        if let Some(series) = &mut self.series {
+            series.mark(at, kind, label);
+        }
+    }
+}
+
+fn who(w: Who) -> String {
+    match w {
+        Who::Queen => "queen".to_owned(),
+        Who::Node(i) => format!("n{i}"),
     }
 }
 

@@ -4,8 +4,10 @@ use anyhow::{Context, Result, bail};
 use aware_sim::engine::{Options, Sim};
 use aware_sim::report::Report;
 use aware_sim::scenario::{NetworkSpec, Scenario, parse_duration_us};
-use aware_sim::sweep;
+use aware_sim::{plot, sweep};
 use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -22,7 +24,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Simulate one colony and print its report (a timeline, or JSON with --json).
+    /// Simulate one colony and print its report (a timeline, or JSON with --json; a picture with
+    /// --svg).
     Run {
         #[command(flatten)]
         common: Common,
@@ -32,8 +35,13 @@ enum Command {
         /// Print the timeline of crowns, crashes and partitions (default without --json).
         #[arg(long)]
         quiet: bool,
+        /// Also draw the run to FILE (SVG): members known per node over time, a band per
+        /// queen's reign, markers for crashes, partitions, heals and failovers.
+        #[arg(long, value_name = "FILE")]
+        svg: Option<PathBuf>,
     },
-    /// Run a scenario for every seed in a range and aggregate the results.
+    /// Run a scenario for every seed in a range and aggregate the results (histograms with
+    /// --svg). Shows a progress bar when stdout and stderr are both a terminal and not --json.
     Sweep {
         #[command(flatten)]
         common: Common,
@@ -43,6 +51,10 @@ enum Command {
         /// Worker threads (each run is single-threaded and deterministic).
         #[arg(long, default_value_t = 2)]
         threads: usize,
+        /// Also draw histograms to FILE (SVG): first queen, failover and membership-convergence
+        /// times across the seeds, with p50 and p99 marked.
+        #[arg(long, value_name = "FILE")]
+        svg: Option<PathBuf>,
     },
 }
 
@@ -56,10 +68,14 @@ struct Common {
     /// Simulated time, e.g. `120s`, `10m`, `1h` (overrides the scenario's `duration`).
     #[arg(long)]
     duration: Option<String>,
-    /// Give every node the full member list at boot instead of joining through seeds.
-    #[arg(long)]
+    /// Give every node the full member list at boot instead of joining through seeds (the
+    /// default from `PRELOAD_FROM_NODES` nodes on).
+    #[arg(long, conflicts_with = "join")]
     preload: bool,
-    /// Print JSON.
+    /// Join through the seeds even in a colony of `PRELOAD_FROM_NODES` nodes or more.
+    #[arg(long)]
+    join: bool,
+    /// Print JSON (and no progress bar).
     #[arg(long)]
     json: bool,
     /// Print diagnostics to stderr (messages by kind, ballots per second, stray nodes).
@@ -69,6 +85,10 @@ struct Common {
     #[arg(long)]
     spec: Option<PathBuf>,
 }
+
+/// From this many nodes on, runs preload membership unless `--join` asks otherwise: a join
+/// wave of n nodes costs O(n²) packets and foca inserts each member with a linear search.
+const PRELOAD_FROM_NODES: usize = 2000;
 
 fn default_scenario() -> Scenario {
     Scenario {
@@ -88,6 +108,8 @@ fn default_scenario() -> Scenario {
         chaos: None,
         spec: None,
         capabilities: Vec::new(),
+        drift: Vec::new(),
+        replica_start_us: None,
     }
 }
 
@@ -136,7 +158,7 @@ fn load(common: &Common) -> Result<(Scenario, Options)> {
         nodes,
         seed: 0,
         duration_us,
-        preload_membership: common.preload || nodes >= 2000,
+        preload_membership: common.preload || (nodes >= PRELOAD_FROM_NODES && !common.join),
         debug: common.debug,
         timeline: false,
         spec,
@@ -188,10 +210,33 @@ fn replay_command(common: &Common, opts: &Options, seed: u64) -> String {
     if common.preload {
         cmd.push_str(" --preload");
     }
+    if common.join {
+        cmd.push_str(" --join");
+    }
     if let Some(spec) = &common.spec {
         cmd.push_str(&format!(" --spec {}", spec.display()));
     }
     cmd
+}
+
+fn write_svg(path: &std::path::Path, svg: &str) -> Result<()> {
+    std::fs::write(path, svg).with_context(|| format!("cannot write picture {}", path.display()))
+}
+
+/// A progress bar on stderr, only for a person watching: hidden with --json or when stdout or
+/// stderr is not a terminal (piped, redirected, CI).
+fn progress_bar(runs: u64, json: bool) -> ProgressBar {
+    let watched = std::io::stdout().is_terminal() && std::io::stderr().is_terminal();
+    if json || !watched {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(runs);
+    if let Ok(style) = ProgressStyle::with_template(
+        "{bar:40.cyan/blue} {pos}/{len} seeds  {elapsed_precise} elapsed, eta {eta}",
+    ) {
+        bar.set_style(style.progress_chars("█▉▊▋▌▍▎▏ "));
+    }
+    bar
 }
 
 #[allow(clippy::disallowed_methods)] // wall-clock time of the whole run, outside the simulation
@@ -216,14 +261,23 @@ fn run() -> Result<ExitCode> {
             common,
             seed,
             quiet,
+            svg,
         } => {
             let (scenario, mut opts) = load(&common)?;
             opts.seed = seed;
             opts.timeline = !common.json && !quiet;
             let started = wall_clock();
-            let mut report: Report = Sim::new(&scenario, opts).run();
+            let mut sim = Sim::new(&scenario, opts);
+            if svg.is_some() {
+                sim = sim.record_series();
+            }
+            let mut report: Report = sim.run();
             report.wall_s = started.elapsed().as_secs_f64();
             report.peak_rss_mb = peak_rss_mb();
+            if let Some(path) = &svg {
+                let title = plot::run_title(&scenario.name, &report);
+                write_svg(path, &plot::run_svg(&report, &title)?)?;
+            }
             if common.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -239,21 +293,39 @@ fn run() -> Result<ExitCode> {
             common,
             seeds,
             threads,
+            svg,
         } => {
             let (scenario, opts) = load(&common)?;
             let seeds = parse_seeds(&seeds)?;
+            let bar = progress_bar(seeds.end - seeds.start, common.json);
             let started = wall_clock();
-            let reports = sweep::run_seeds(&scenario, &opts, seeds, threads);
+            let reports = sweep::run_seeds(&scenario, &opts, seeds, threads, |_| bar.inc(1));
+            bar.finish_and_clear();
             let wall = started.elapsed().as_secs_f64();
             let summary =
                 sweep::summarize(&reports, wall, |seed| replay_command(&common, &opts, seed));
+            if let Some(path) = &svg {
+                let title = plot::sweep_title(&scenario.name, &summary);
+                let samples = sweep::Samples::of(&reports);
+                write_svg(path, &plot::sweep_svg(&samples, &title)?)?;
+            }
             if common.json {
                 println!("{}", serde_json::to_string_pretty(&summary)?);
             } else {
+                // Times to the millisecond, counts as they are; "-" where there is no sample.
                 let p = |x: &aware_sim::report::Percentiles| {
+                    let v = |v: Option<f64>| {
+                        v.map_or_else(
+                            || "-".to_owned(),
+                            |v| format!("{}", (v * 1000.0).round() / 1000.0),
+                        )
+                    };
                     format!(
-                        "p50 {:?} p99 {:?} max {:?} (n={})",
-                        x.p50, x.p99, x.max, x.samples
+                        "p50 {} p99 {} max {} (n={})",
+                        v(x.p50),
+                        v(x.p99),
+                        v(x.max),
+                        x.samples
                     )
                 };
                 println!(
@@ -265,6 +337,46 @@ fn run() -> Result<ExitCode> {
                 println!(
                     "membership converged (s): {}",
                     p(&summary.membership_converged_s)
+                );
+                println!(
+                    "  after the last boot (s): {}",
+                    p(&summary.converged_after_last_boot_s)
+                );
+                if summary.detect_first_s.samples > 0 {
+                    println!(
+                        "worker crash known by first survivor (s): {}",
+                        p(&summary.detect_first_s)
+                    );
+                    println!(
+                        "worker crash known by last survivor (s):  {}",
+                        p(&summary.detect_last_s)
+                    );
+                }
+                if summary.queen_detect_first_s.samples > 0 {
+                    println!(
+                        "queen crash known by first survivor (s):  {}",
+                        p(&summary.queen_detect_first_s)
+                    );
+                    println!(
+                        "queen crash known by last survivor (s):   {}",
+                        p(&summary.queen_detect_last_s)
+                    );
+                }
+                if summary.detections_incomplete > 0 {
+                    println!(
+                        "crashes some survivor never marked down: {}",
+                        summary.detections_incomplete
+                    );
+                }
+                println!("suspicions per run:       {}", p(&summary.suspicions));
+                println!(
+                    "false downs per run:      {} (total {})",
+                    p(&summary.false_downs),
+                    summary.false_downs_total
+                );
+                println!(
+                    "gossip B/s per node (second half of each run): {}",
+                    p(&summary.gossip_bytes_per_node_s)
                 );
                 if summary.roles_assigned_s.samples > 0 {
                     println!("roles assigned (s):       {}", p(&summary.roles_assigned_s));

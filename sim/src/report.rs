@@ -50,6 +50,23 @@ pub struct Roles {
     pub unplaced: usize,
     pub unplaced_reasons: Vec<String>,
     pub moves: Moves,
+    pub replicas: ReplicaStats,
+}
+
+/// What happened to replicas under the engine's runtime model (see `engine/workload.rs`).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ReplicaStats {
+    /// Replica failures the scenario injected (`fail`).
+    pub failures_injected: usize,
+    /// Per injected failure: seconds until a committed plan took the replica off its node.
+    pub failed_moved_s: Vec<f64>,
+    /// Per stateful replica whose node crashed in a calm colony and did not come back in time:
+    /// seconds from the crash to the committed plan that moved it.
+    pub held_moved_s: Vec<f64>,
+    /// Stateful replicas whose node crashed and came back before they moved.
+    pub held_kept: usize,
+    /// The queen's healthy roles at the end of the run.
+    pub healthy_roles: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -68,10 +85,56 @@ impl Failover {
     }
 }
 
+/// How long the survivors of one crash took to mark the crashed node down (`MemberDown`).
+#[derive(Clone, Debug, Serialize)]
+pub struct Detection {
+    pub node: usize,
+    /// The crashed node was the queen (reported apart: her loss is seen first through leases).
+    pub queen: bool,
+    pub crashed_s: f64,
+    /// Nodes running at the crash that did not crash themselves before knowing.
+    pub survivors: usize,
+    /// From the crash to the first survivor's `MemberDown`.
+    pub first_s: Option<f64>,
+    /// From the crash to the last survivor's `MemberDown`; `None` unless every survivor knew
+    /// before the run ended and before the node restarted.
+    pub last_s: Option<f64>,
+    /// Survivors that never marked it down (the run ended or the node restarted first).
+    pub missed: usize,
+    pub restarted_first: bool,
+}
+
+/// Bytes sent per node per second from the middle of the run to its end (steady state when
+/// the scenario has no late events).
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Traffic {
+    pub from_s: f64,
+    /// foca's SWIM packets (probes, gossip, announces and feeds).
+    pub swim_bytes_per_node_s: f64,
+    /// The membership exchange (`JoinRequest`, `Members`).
+    pub membership_bytes_per_node_s: f64,
+    /// Everything else: heartbeats and acks, ballots, state transfers, registrations.
+    pub other_bytes_per_node_s: f64,
+    /// The busiest node's SWIM + membership bytes per second.
+    pub gossip_max_node_bytes_s: f64,
+}
+
+impl Traffic {
+    /// SWIM + membership exchange, per node.
+    pub fn gossip_bytes_per_node_s(&self) -> f64 {
+        self.swim_bytes_per_node_s + self.membership_bytes_per_node_s
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, Serialize)]
 pub struct Messages {
     pub count: u64,
     pub bytes: u64,
+    /// Frames sent on a reliable stream (too big for one datagram), a subset of `count`.
+    pub stream_frames: u64,
+    /// Datagrams the network dropped because, sealed, they would exceed
+    /// `MAX_DATAGRAM_BYTES` (1,400): a real LAN fragments or drops them.
+    pub oversize_dropped: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -84,6 +147,8 @@ pub struct Report {
     pub events: u64,
     pub trace_hash: String,
     pub membership_converged_s: Option<f64>,
+    /// Membership converged, counted from the moment the last node first booted.
+    pub converged_after_last_boot_s: Option<f64>,
     pub first_queen_s: Option<f64>,
     /// With a colony spec: the worst over all queens of [`QueenRecord::roles_assigned_s`].
     pub roles_assigned_s: Option<f64>,
@@ -93,8 +158,19 @@ pub struct Report {
     pub failovers: Vec<Failover>,
     pub violations: Vec<String>,
     pub messages: Messages,
+    /// Every crash: how long until the first and the last survivor marked it down.
+    pub detections: Vec<Detection>,
+    /// Suspicions raised (unanswered probes) by the nodes running at the end.
+    pub suspicions: u64,
+    /// `MemberDown`s of running nodes that no crash, partition or cut explains (at most 10,000).
+    pub false_downs: Vec<String>,
+    /// Traffic in the second half of the run.
+    pub steady: Traffic,
     #[serde(skip)]
     pub timeline: Vec<String>,
+    /// Members known over time and scenario markers, for `run --svg` (see `Sim::record_series`).
+    #[serde(skip)]
+    pub series: Option<crate::series::Series>,
 }
 
 impl Report {
@@ -110,9 +186,48 @@ impl Report {
             self.nodes, self.seed, self.simulated_s, self.wall_s, self.events, self.trace_hash
         ));
         out.push_str(&format!(
-            "membership converged: {}; first queen: {}\n",
+            "membership converged: {} ({} after the last boot); first queen: {}\n",
             opt(self.membership_converged_s),
+            opt(self.converged_after_last_boot_s),
             opt(self.first_queen_s)
+        ));
+        for d in &self.detections {
+            out.push_str(&format!(
+                "crash of {}node {} at {:.3}s: first survivor knew after {}, last (of {}) after {}{}\n",
+                if d.queen { "queen " } else { "" },
+                d.node,
+                d.crashed_s,
+                opt(d.first_s),
+                d.survivors,
+                opt(d.last_s),
+                if d.missed > 0 {
+                    format!(
+                        "; {} never knew{}",
+                        d.missed,
+                        if d.restarted_first { " (it restarted first)" } else { "" }
+                    )
+                } else {
+                    String::new()
+                }
+            ));
+        }
+        out.push_str(&format!(
+            "suspicions: {}; false downs: {}\n",
+            self.suspicions,
+            self.false_downs.len()
+        ));
+        for f in self.false_downs.iter().take(20) {
+            out.push_str(&format!("  {f}\n"));
+        }
+        let t = &self.steady;
+        out.push_str(&format!(
+            "traffic from {:.0}s, per node: gossip {:.0} B/s (SWIM {:.0}, membership exchange {:.0}; busiest node {:.0}), other {:.0} B/s\n",
+            t.from_s,
+            t.gossip_bytes_per_node_s(),
+            t.swim_bytes_per_node_s,
+            t.membership_bytes_per_node_s,
+            t.gossip_max_node_bytes_s,
+            t.other_bytes_per_node_s
         ));
         if let Some(r) = &self.roles {
             out.push_str(&format!(
@@ -134,6 +249,21 @@ impl Report {
             for u in &r.unplaced_reasons {
                 out.push_str(&format!("  unplaced: {u}\n"));
             }
+            let x = &r.replicas;
+            let list = |v: &[f64]| {
+                v.iter()
+                    .map(|s| format!("{s:.3}s"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            out.push_str(&format!(
+                "replicas: healthy roles {:?}; {} failures injected, moved off after [{}]; stateful replicas of crashed nodes: {} kept, moved after [{}]\n",
+                x.healthy_roles,
+                x.failures_injected,
+                list(&x.failed_moved_s),
+                x.held_kept,
+                list(&x.held_moved_s)
+            ));
         }
         for f in &self.failovers {
             out.push_str(&format!(
@@ -144,8 +274,11 @@ impl Report {
             ));
         }
         out.push_str(&format!(
-            "messages: {} ({} bytes)\n",
-            self.messages.count, self.messages.bytes
+            "messages: {} ({} bytes; {} on streams; {} oversize datagrams dropped)\n",
+            self.messages.count,
+            self.messages.bytes,
+            self.messages.stream_frames,
+            self.messages.oversize_dropped
         ));
         if self.violations.is_empty() {
             out.push_str("invariants: all held\n");
@@ -206,10 +339,36 @@ pub struct SweepReport {
     pub first_queen_s: Percentiles,
     pub failover_s: Percentiles,
     pub membership_converged_s: Percentiles,
+    /// Membership converged, counted from the last node's first boot.
+    pub converged_after_last_boot_s: Percentiles,
+    /// Worker crashes: crash to the first survivor's `MemberDown`, per crash.
+    pub detect_first_s: Percentiles,
+    /// Worker crashes: crash to the last survivor's `MemberDown`, per crash every survivor
+    /// learned of (see `detections_incomplete`).
+    pub detect_last_s: Percentiles,
+    /// The same two for queen crashes.
+    pub queen_detect_first_s: Percentiles,
+    pub queen_detect_last_s: Percentiles,
+    /// Crashes some survivor never marked down before the run ended (a restart first is not
+    /// counted).
+    pub detections_incomplete: usize,
+    /// Suspicions (unanswered probes) per run.
+    pub suspicions: Percentiles,
+    /// False downs per run.
+    pub false_downs: Percentiles,
+    pub false_downs_total: usize,
+    /// SWIM + membership exchange bytes per node per second in each run's second half.
+    pub gossip_bytes_per_node_s: Percentiles,
     /// With a colony spec: per run, the worst time from a crowning to every replica assigned.
     pub roles_assigned_s: Percentiles,
     /// With a colony spec: churn moves per run (replicas moved off running nodes).
     pub churn_moves: Percentiles,
+    /// With a colony spec: per injected replica failure, seconds until a committed plan took
+    /// the replica off its node.
+    pub failed_moved_s: Percentiles,
+    /// With a colony spec: per stateful replica of a crashed node that moved, seconds from the
+    /// crash to the move.
+    pub held_moved_s: Percentiles,
     /// Graceful hand-overs to a fitter heir per run (intended: hysteresis, not loss).
     pub handovers: Percentiles,
     /// Terms crowned per run beyond those caused by a queen crash or a hand-over: false

@@ -6,12 +6,14 @@ use crate::report::{ExtraTerms, Percentiles, Report, SeedViolation, SweepReport}
 use crate::scenario::Scenario;
 use std::sync::Mutex;
 
-/// Runs `seeds` and returns every report, in seed order.
+/// Runs `seeds` and returns every report, in seed order. `done` is called (from a worker
+/// thread) after each run, e.g. to advance a progress bar.
 pub fn run_seeds(
     scenario: &Scenario,
     base: &Options,
     seeds: std::ops::Range<u64>,
     threads: usize,
+    done: impl Fn(&Report) + Sync,
 ) -> Vec<Report> {
     let next = Mutex::new(seeds.start);
     let results = Mutex::new(Vec::new());
@@ -36,6 +38,7 @@ pub fn run_seeds(
                         },
                     )
                     .run();
+                    done(&report);
                     results
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
@@ -47,6 +50,21 @@ pub fn run_seeds(
     let mut all = results.into_inner().unwrap_or_else(|e| e.into_inner());
     all.sort_by_key(|r| r.seed);
     all
+}
+
+fn detection(
+    reports: &[Report],
+    queen: bool,
+    pick: impl Fn(&crate::report::Detection) -> Option<f64>,
+) -> Percentiles {
+    Percentiles::of(
+        reports
+            .iter()
+            .flat_map(|r| &r.detections)
+            .filter(|d| d.queen == queen)
+            .filter_map(pick)
+            .collect(),
+    )
 }
 
 /// Aggregates a sweep. `replay` renders the command that replays one seed.
@@ -61,15 +79,11 @@ pub fn summarize(reports: &[Report], wall_s: f64, replay: impl Fn(u64) -> String
             });
         }
     }
-    let firsts = reports.iter().filter_map(|r| r.first_queen_s).collect();
-    let failovers = reports
-        .iter()
-        .flat_map(|r| r.failovers.iter().filter_map(|f| f.duration_s()))
-        .collect();
-    let converged = reports
-        .iter()
-        .filter_map(|r| r.membership_converged_s)
-        .collect();
+    let Samples {
+        first_queen_s: firsts,
+        failover_s: failovers,
+        membership_converged_s: converged,
+    } = Samples::of(reports);
     // Each queen crash legitimately crowns one more queen; any other crown is an extra term.
     let handovers_of = |r: &Report| {
         r.queens
@@ -112,6 +126,30 @@ pub fn summarize(reports: &[Report], wall_s: f64, replay: impl Fn(u64) -> String
         first_queen_s: Percentiles::of(firsts),
         failover_s: Percentiles::of(failovers),
         membership_converged_s: Percentiles::of(converged),
+        converged_after_last_boot_s: Percentiles::of(
+            reports
+                .iter()
+                .filter_map(|r| r.converged_after_last_boot_s)
+                .collect(),
+        ),
+        detect_first_s: detection(reports, false, |d| d.first_s),
+        detect_last_s: detection(reports, false, |d| d.last_s),
+        queen_detect_first_s: detection(reports, true, |d| d.first_s),
+        queen_detect_last_s: detection(reports, true, |d| d.last_s),
+        detections_incomplete: reports
+            .iter()
+            .flat_map(|r| &r.detections)
+            .filter(|d| d.missed > 0 && !d.restarted_first)
+            .count(),
+        suspicions: Percentiles::of(reports.iter().map(|r| r.suspicions as f64).collect()),
+        false_downs: Percentiles::of(reports.iter().map(|r| r.false_downs.len() as f64).collect()),
+        false_downs_total: reports.iter().map(|r| r.false_downs.len()).sum(),
+        gossip_bytes_per_node_s: Percentiles::of(
+            reports
+                .iter()
+                .map(|r| r.steady.gossip_bytes_per_node_s())
+                .collect(),
+        ),
         roles_assigned_s: Percentiles::of(
             reports.iter().filter_map(|r| r.roles_assigned_s).collect(),
         ),
@@ -121,8 +159,49 @@ pub fn summarize(reports: &[Report], wall_s: f64, replay: impl Fn(u64) -> String
                 .filter_map(|r| r.roles.as_ref().map(|x| x.moves.churn as f64))
                 .collect(),
         ),
+        failed_moved_s: Percentiles::of(
+            reports
+                .iter()
+                .filter_map(|r| r.roles.as_ref())
+                .flat_map(|x| x.replicas.failed_moved_s.iter().copied())
+                .collect(),
+        ),
+        held_moved_s: Percentiles::of(
+            reports
+                .iter()
+                .filter_map(|r| r.roles.as_ref())
+                .flat_map(|x| x.replicas.held_moved_s.iter().copied())
+                .collect(),
+        ),
         handovers: Percentiles::of(handovers),
         extra_terms: Percentiles::of(extra),
         extra_term_runs,
+    }
+}
+
+/// The per-run values a sweep's headline percentiles (and `sweep --svg`'s histograms) are made of.
+#[derive(Clone, Debug, Default)]
+pub struct Samples {
+    /// Per run that crowned one: when the first queen was crowned.
+    pub first_queen_s: Vec<f64>,
+    /// Per finished failover: from the queen's crash to the next crowning.
+    pub failover_s: Vec<f64>,
+    /// Per run that converged: when every node first knew every other.
+    pub membership_converged_s: Vec<f64>,
+}
+
+impl Samples {
+    pub fn of(reports: &[Report]) -> Samples {
+        Samples {
+            first_queen_s: reports.iter().filter_map(|r| r.first_queen_s).collect(),
+            failover_s: reports
+                .iter()
+                .flat_map(|r| r.failovers.iter().filter_map(|f| f.duration_s()))
+                .collect(),
+            membership_converged_s: reports
+                .iter()
+                .filter_map(|r| r.membership_converged_s)
+                .collect(),
+        }
     }
 }

@@ -172,6 +172,21 @@ fn shipped_scenarios_say_what_the_brief_says() {
     assert_eq!(queen.events[0].at_us, 30 * sec);
     assert_eq!(queen.events[0].action, Action::Crash(Target::Queen));
 
+    let workers = load("worker-crash");
+    assert_eq!(
+        (workers.nodes, workers.duration_us, workers.network.loss),
+        (Some(100), Some(60 * sec), 0.01)
+    );
+    let crashed: usize = workers
+        .events
+        .iter()
+        .map(|e| match &e.action {
+            Action::Crash(Target::Nodes(list)) => list.len(),
+            other => panic!("worker-crash only crashes workers: {other:?}"),
+        })
+        .sum();
+    assert_eq!(crashed, 5);
+
     let repeated = load("repeated-queen-crash");
     assert_eq!(
         (repeated.nodes, repeated.duration_us),
@@ -244,8 +259,16 @@ fn shipped_scenarios_say_what_the_brief_says() {
             spec.from_us,
             spec.until_us,
             spec.mean_interval_us,
-            spec.max_skew_us
+            spec.max_drift_ppm,
+            spec.max_pause_us
         ),
-        (10 * sec, 90 * sec, 4 * sec, 200_000)
+        (10 * sec, 90 * sec, 4 * sec, 200, 2 * sec)
+    );
+    assert_eq!(
+        chaos.drift,
+        [aware_sim::scenario::DriftClass {
+            nodes: None,
+            rate: aware_sim::scenario::DriftRate::Uniform(200)
+        }]
     );
 }
