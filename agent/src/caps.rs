@@ -1,6 +1,10 @@
-//! Capability detection on this node (cores, memory, free disk of the data directory, GPUs,
-//! arch, hostname) and the operator's capability config file that adds labels, overrides
-//! detected values and reserves resources for the host itself.
+//! Capability detection on this node (cores, memory, the disk capacity of the data directory's
+//! filesystem, GPUs, arch, hostname) and the operator's capability config file that adds
+//! labels, overrides detected values and reserves resources for the host itself.
+//!
+//! Disk is a capacity like memory: the filesystem's *size*, less the operator's reserve, not the
+//! space free right now. The planner subtracts each replica's `needs.disk` from it; measuring
+//! free space as well would count a database's filled volume twice and evict it as it grows.
 //!
 //! Detection reads the real machine through `sysinfo`, but every path it looks at (the device
 //! directory, the data directory, the `nvidia-smi` binary) comes from [`DetectEnv`], so tests can
@@ -12,7 +16,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use swarm_core::Capabilities;
 
-/// Where the agent keeps its state by default; free disk is measured here.
+/// Where the agent keeps its state by default; disk capacity is measured here.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/aware";
 
 /// The paths detection looks at.
@@ -20,7 +24,8 @@ pub const DEFAULT_DATA_DIR: &str = "/var/lib/aware";
 pub struct DetectEnv {
     /// The device directory, normally `/dev`.
     pub dev_dir: PathBuf,
-    /// The agent's data directory; free disk is that of its nearest existing ancestor.
+    /// The agent's data directory; disk capacity is that of the filesystem holding its nearest
+    /// existing ancestor.
     pub data_dir: PathBuf,
     /// The `nvidia-smi` binary, when there is one.
     pub nvidia_smi: Option<PathBuf>,
@@ -62,22 +67,40 @@ pub fn detect(env: &DetectEnv) -> Capabilities {
     Capabilities {
         cpu_millis,
         memory_mib: memory / MIB,
-        disk_mib: free_disk(&env.data_dir) / MIB,
+        disk_mib: disk_size(&env.data_dir) / MIB,
         gpus: count_gpus(env),
-        arch: std::env::consts::ARCH.to_owned(),
+        arch: oci_arch(std::env::consts::ARCH, cfg!(target_endian = "little")),
         labels,
     }
 }
 
 const MIB: u64 = 1024 * 1024;
 
+/// This machine's architecture in the colony's vocabulary (Docker/OCI names,
+/// `swarm_core::caps::ARCHES`), from Rust's `std::env::consts::ARCH` and the byte order:
+/// `x86_64` → `amd64`, `aarch64` → `arm64`, `arm` → `arm`, `powerpc64` (little-endian) →
+/// `ppc64le`, `x86` → `386`. An architecture outside the vocabulary keeps Rust's name.
+pub fn oci_arch(rust_arch: &str, little_endian: bool) -> String {
+    let name = match (rust_arch, little_endian) {
+        ("x86_64", _) => "amd64",
+        ("aarch64", true) => "arm64",
+        ("arm", true) => "arm",
+        ("powerpc64", true) => "ppc64le",
+        ("s390x", _) => "s390x",
+        ("riscv64", _) => "riscv64",
+        ("x86", _) => "386",
+        (other, _) => other,
+    };
+    name.to_owned()
+}
+
 /// GPUs: the lines of `nvidia-smi -L` when that binary exists and runs, otherwise the
 /// `nvidiaN` device files.
 pub fn count_gpus(env: &DetectEnv) -> u16 {
-    if let Some(smi) = &env.nvidia_smi {
-        if let Some(n) = nvidia_smi_gpus(smi) {
-            return n;
-        }
+    if let Some(smi) = &env.nvidia_smi
+        && let Some(n) = nvidia_smi_gpus(smi)
+    {
+        return n;
     }
     count_nvidia_devices(&env.dev_dir)
 }
@@ -99,13 +122,64 @@ pub fn count_nvidia_devices(dev_dir: &Path) -> u16 {
     u16::try_from(n).unwrap_or(u16::MAX)
 }
 
+/// How long `nvidia-smi -L` may take before it is killed and the device files decide instead
+/// (a wedged driver can hang it for minutes).
+pub const NVIDIA_SMI_TIMEOUT_MS: u64 = 5_000;
+/// The most output of `nvidia-smi -L` read (one line per GPU and MIG device).
+const NVIDIA_SMI_MAX_OUTPUT_BYTES: u64 = 1 << 20;
+/// How often a running `nvidia-smi` is polled for its exit.
+const NVIDIA_SMI_POLL_MS: u64 = 10;
+
 /// `nvidia-smi -L` prints one `GPU N: ...` line per GPU (MIG devices are indented under them).
 fn nvidia_smi_gpus(smi: &Path) -> Option<u16> {
-    let out = std::process::Command::new(smi).arg("-L").output().ok()?;
-    if !out.status.success() {
+    nvidia_smi_gpus_within(smi, std::time::Duration::from_millis(NVIDIA_SMI_TIMEOUT_MS))
+}
+
+/// Run `smi -L` for at most `timeout`: spawn it, poll for its exit, kill it when time is up.
+/// `None` when it cannot run, fails, or times out. Its output is read on a thread, so a child
+/// that fills the pipe cannot block, and a grandchild holding the pipe open cannot hold us.
+// The agent owns the clock: a real process gets a real deadline.
+#[allow(clippy::disallowed_methods)]
+pub fn nvidia_smi_gpus_within(smi: &Path, timeout: std::time::Duration) -> Option<u16> {
+    use std::io::Read as _;
+    use std::process::{Command, Stdio};
+    let deadline = std::time::Instant::now() + timeout;
+    let mut child = Command::new(smi)
+        .arg("-L")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let stdout = child.stdout.take()?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let read = stdout
+            .take(NVIDIA_SMI_MAX_OUTPUT_BYTES)
+            .read_to_string(&mut text);
+        // The receiver may be gone after a timeout; nothing to do then.
+        let _ = tx.send(read.map(|_| text));
+    });
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(NVIDIA_SMI_POLL_MS));
+            }
+            Ok(None) | Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+        }
+    };
+    if !status.success() {
         return None;
     }
-    Some(count_smi_lines(&String::from_utf8_lossy(&out.stdout)))
+    let left = deadline.saturating_duration_since(std::time::Instant::now());
+    let text = rx.recv_timeout(left).ok()?.ok()?;
+    Some(count_smi_lines(&text))
 }
 
 /// Count the GPU lines in `nvidia-smi -L` output.
@@ -127,9 +201,10 @@ pub fn nearest_existing(path: &Path) -> Option<PathBuf> {
     abs.ancestors().find(|p| p.exists()).map(Path::to_path_buf)
 }
 
-/// Free bytes on the filesystem holding `data_dir` (or its nearest existing ancestor): the
-/// mounted disk whose mount point is the longest prefix of that directory.
-pub fn free_disk(data_dir: &Path) -> u64 {
+/// The size in bytes of the filesystem holding `data_dir` (or its nearest existing ancestor):
+/// the mounted disk whose mount point is the longest prefix of that directory. Its size, not
+/// what is free on it (see the module doc).
+pub fn disk_size(data_dir: &Path) -> u64 {
     let Some(dir) = nearest_existing(data_dir) else {
         return 0;
     };
@@ -140,7 +215,7 @@ pub fn free_disk(data_dir: &Path) -> u64 {
         .iter()
         .filter(|d| dir.starts_with(d.mount_point()))
         .max_by_key(|d| d.mount_point().components().count())
-        .map_or(0, sysinfo::Disk::available_space)
+        .map_or(0, sysinfo::Disk::total_space)
 }
 
 /// The operator's capability config file, with quantities converted.
@@ -151,7 +226,7 @@ pub fn free_disk(data_dir: &Path) -> u64 {
 /// memory: 16Gi
 /// disk: 200Gi
 /// gpus: 1
-/// reserve: {cpu: 500m, memory: 1Gi}   # kept for the host itself
+/// reserve: {cpu: 500m, memory: 1Gi, disk: 20Gi}   # kept for the host itself
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CapsConfig {
@@ -173,6 +248,8 @@ pub struct Reserve {
     pub cpu: Option<u32>,
     /// MiB.
     pub memory: Option<u64>,
+    /// MiB, taken off the data filesystem's size (logs, images, the agent's own state).
+    pub disk: Option<u64>,
 }
 
 /// The file as written; quantities stay text until [`parse_config`] converts them.
@@ -194,6 +271,7 @@ struct RawConfig {
 struct RawReserve {
     cpu: Option<RawQuantity>,
     memory: Option<RawQuantity>,
+    disk: Option<RawQuantity>,
 }
 
 /// A quantity as written in YAML: `2`, `0.5` or `"500m"`.
@@ -273,6 +351,7 @@ pub fn parse_config(text: &str, file: &str) -> Result<CapsConfig, ConfigError> {
         reserve: Reserve {
             cpu: millis(quantity(&raw.reserve.cpu, &["reserve", "cpu"], &cpu)?),
             memory: quantity(&raw.reserve.memory, &["reserve", "memory"], &mib)?,
+            disk: quantity(&raw.reserve.disk, &["reserve", "disk"], &mib)?,
         },
         labels: raw.labels,
     })
@@ -319,12 +398,43 @@ pub fn merge(mut caps: Capabilities, config: &CapsConfig) -> Capabilities {
     caps.memory_mib = caps
         .memory_mib
         .saturating_sub(config.reserve.memory.unwrap_or(0));
+    caps.disk_mib = caps
+        .disk_mib
+        .saturating_sub(config.reserve.disk.unwrap_or(0));
     caps
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rust_arch_names_map_to_the_oci_vocabulary() {
+        let table = [
+            ("x86_64", true, "amd64"),
+            ("aarch64", true, "arm64"),
+            ("arm", true, "arm"),
+            ("powerpc64", true, "ppc64le"),
+            ("s390x", false, "s390x"),
+            ("riscv64", true, "riscv64"),
+            ("x86", true, "386"),
+            // Outside the vocabulary: Rust's name, never a wrong guess.
+            ("powerpc64", false, "powerpc64"),
+            ("aarch64", false, "aarch64"),
+            ("loongarch64", true, "loongarch64"),
+        ];
+        for (rust, little, want) in table {
+            assert_eq!(oci_arch(rust, little), want, "{rust} little={little}");
+        }
+        // Every name in the vocabulary is reachable and canonical.
+        for (rust, little, want) in &table[..7] {
+            assert!(swarm_core::caps::ARCHES.contains(want), "{rust} {little}");
+            assert_eq!(swarm_core::caps::canonical_arch(want), Some(*want));
+        }
+        // This machine's arch is in the vocabulary (the CI machines are).
+        let here = oci_arch(std::env::consts::ARCH, cfg!(target_endian = "little"));
+        assert!(swarm_core::caps::ARCHES.contains(&here.as_str()), "{here}");
+    }
 
     #[test]
     fn smi_lines_count_gpus_not_mig_devices() {
@@ -379,25 +489,27 @@ mod tests {
             reserve: Reserve {
                 cpu: Some(500),
                 memory: Some(1 << 40),
+                disk: Some(1 << 40),
             },
             ..CapsConfig::default()
         };
         let merged = merge(Capabilities::default(), &config);
         assert_eq!(merged.cpu_millis, 3500);
         assert_eq!(merged.memory_mib, 0);
+        assert_eq!(merged.disk_mib, 0);
     }
 
     #[test]
     fn quantities_in_config() {
         let config = parse_config(
-            "cpu: 8\nmemory: 16Gi\ndisk: 200Gi\nreserve: {cpu: 500m, memory: 1Gi}\n",
+            "cpu: 8\nmemory: 16Gi\ndisk: 200Gi\nreserve: {cpu: 500m, memory: 1Gi, disk: 20Gi}\n",
             "c",
         )
         .unwrap();
         let merged = merge(Capabilities::default(), &config);
         assert_eq!(merged.cpu_millis, 7500);
         assert_eq!(merged.memory_mib, 15 * 1024);
-        assert_eq!(merged.disk_mib, 200 * 1024);
+        assert_eq!(merged.disk_mib, 180 * 1024);
 
         let err = parse_config("labels: {}\nreserve:\n  memory: lots\n", "c").unwrap_err();
         assert!(

@@ -4,6 +4,7 @@
 
 use crate::caps::{self, ConfigError, DetectEnv};
 use crate::compose::{self, ComposeError};
+use dna::spec::quantity::fmt_mib;
 use dna::spec::{SpecDoc, SpecErrors};
 use serde::Serialize;
 use std::fmt::Write as _;
@@ -35,11 +36,11 @@ pub enum CommandError {
         file: String,
         source: std::io::Error,
     },
-    #[error("{0}")]
+    #[error(transparent)]
     Spec(#[from] SpecErrors),
-    #[error("{0}")]
+    #[error(transparent)]
     Compose(#[from] ComposeError),
-    #[error("{0}")]
+    #[error(transparent)]
     Config(#[from] ConfigError),
     #[error("cannot write the output: {0}")]
     Emit(String),
@@ -146,6 +147,8 @@ struct PlacementJson<'a> {
     replica: u32,
     node: u64,
     fallback: bool,
+    /// The node's GPU indices reserved for the replica.
+    gpus: &'a [u16],
 }
 
 #[derive(Serialize)]
@@ -153,6 +156,19 @@ struct UnplacedJson<'a> {
     role: &'a str,
     replica: u32,
     reason: String,
+}
+
+/// The NOTES column of a placement: fallback needs, GPU indices.
+fn notes(a: &swarm_core::wire::Assignment) -> String {
+    let mut notes = Vec::new();
+    if a.fallback {
+        notes.push("fallback needs".to_owned());
+    }
+    if !a.gpus.is_empty() {
+        let ids: Vec<String> = a.gpus.iter().map(u16::to_string).collect();
+        notes.push(format!("gpus {}", ids.join(",")));
+    }
+    notes.join("; ")
 }
 
 /// `spec plan FILE --nodes NODES [--json]`: where every replica goes, or why it cannot.
@@ -169,6 +185,7 @@ pub fn spec_plan(spec: &Path, nodes: &Path, json: bool) -> Result<Output, Comman
                     replica: a.replica,
                     node: a.node.0,
                     fallback: a.fallback,
+                    gpus: &a.gpus,
                 })
                 .collect(),
             unplaced: plan
@@ -195,7 +212,7 @@ pub fn spec_plan(spec: &Path, nodes: &Path, json: bool) -> Result<Output, Comman
                 a.role.clone(),
                 a.replica.to_string(),
                 a.node.0.to_string(),
-                if a.fallback { "fallback needs" } else { "" }.to_owned(),
+                notes(a),
             ]
         })
         .collect();
@@ -216,7 +233,7 @@ pub fn spec_plan(spec: &Path, nodes: &Path, json: bool) -> Result<Output, Comman
 }
 
 /// Left-aligned columns separated by two spaces, no trailing blanks.
-fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
+pub(crate) fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
     let mut widths = header.map(str::len);
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -246,10 +263,19 @@ fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
 /// `spec import-compose FILE`: the spec on stdout, warnings on stderr.
 pub fn import_compose(file: &Path) -> Result<Output, CommandError> {
     let (text, name) = read(file)?;
+    let base_dir = std::path::absolute(file)
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf));
+    // `${VAR}` reads the process environment over the `.env` beside the file, as Compose does.
+    let env = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+    let variables = match &base_dir {
+        Some(dir) => compose::load_variables(dir, env)?,
+        None => env.collect(),
+    };
     let options = compose::Options {
-        base_dir: std::path::absolute(file)
-            .ok()
-            .and_then(|p| p.parent().map(Path::to_path_buf)),
+        base_dir,
+        variables,
     };
     let converted = compose::convert(&text, &name, &options)?;
     let mut stderr = String::new();
@@ -273,28 +299,15 @@ struct CapsYaml<'a> {
     labels: &'a std::collections::BTreeMap<String, String>,
 }
 
-fn mib_text(mib: u64) -> String {
-    if mib > 0 && mib.is_multiple_of(1024) {
-        format!("{}Gi", mib / 1024)
-    } else {
-        format!("{mib}Mi")
-    }
-}
-
 /// Render capabilities as YAML (default) or JSON (the `Capabilities` fields as they are).
 pub fn render_caps(caps: &Capabilities, json: bool) -> Result<String, CommandError> {
     let mut text = if json {
         serde_json::to_string_pretty(caps).map_err(|e| CommandError::Emit(e.to_string()))?
     } else {
-        let cpu = if caps.cpu_millis.is_multiple_of(1000) {
-            compose::Cpu::Cores(caps.cpu_millis / 1000)
-        } else {
-            compose::Cpu::Millis(format!("{}m", caps.cpu_millis))
-        };
         serde_norway::to_string(&CapsYaml {
-            cpu,
-            memory: mib_text(caps.memory_mib),
-            disk: mib_text(caps.disk_mib),
+            cpu: compose::Cpu::from_millis(caps.cpu_millis),
+            memory: fmt_mib(caps.memory_mib),
+            disk: fmt_mib(caps.disk_mib),
             gpus: caps.gpus,
             arch: &caps.arch,
             labels: &caps.labels,
@@ -388,7 +401,7 @@ mod tests {
             memory: 8Gi
             disk: 100Gi
             gpus: 0
-            arch: x86_64
+            arch: amd64
             labels:
               zone: a
         "#]]

@@ -3,13 +3,20 @@
 //!
 //! The conversion never fails on what it cannot map: it warns (with `FILE:LINE:COL` where the
 //! key's position is known) and goes on. It fails only when the input is not YAML or not a
-//! mapping with `services`. Compose's own unit conventions are converted here (memory in binary
-//! multiples → `Mi`/`Gi`, `cpus: 0.5` → `500m`, Go-style durations → `s`/`ms`).
+//! mapping with `services`, or when a `${VAR:?message}` requires a variable that is not set.
+//! Compose's own unit conventions are converted here (memory in binary multiples → `Mi`/`Gi`,
+//! `cpus: 0.5` → `500m`, Go-style durations → `s`/`ms`).
+//!
+//! Before anything is mapped, every string value is interpolated as Compose does
+//! ([`crate::interpolate`]) with [`Options::variables`]: the process environment over the
+//! `.env` file beside the compose file ([`load_variables`]).
 
 use crate::yaml_pos::KeyPositions;
+use dna::spec::quantity::{fmt_cpu, fmt_mib};
 use indexmap::IndexMap;
 use serde::Serialize;
 use serde_norway::{Mapping, Value};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Component, Path, PathBuf};
 
@@ -55,6 +62,8 @@ pub enum ComposeError {
     },
     #[error("{file}: cannot write the spec: {message}")]
     Emit { file: String, message: String },
+    #[error("{file}: cannot read: {message}")]
+    Read { file: String, message: String },
 }
 
 /// How to convert.
@@ -63,6 +72,58 @@ pub struct Options {
     /// The compose file's directory as an absolute path: relative bind mounts (`./data:/data`)
     /// are resolved against it, as Compose does. Without it they are kept as written.
     pub base_dir: Option<PathBuf>,
+    /// The variables `${VAR}` interpolation reads (see [`load_variables`]). Empty: every
+    /// variable is unset.
+    pub variables: BTreeMap<String, String>,
+}
+
+/// The variables Compose interpolates with: the `.env` file in `dir` (when there is one)
+/// overlaid with `env`, the process environment, which wins, as in Compose.
+pub fn load_variables(
+    dir: &Path,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<BTreeMap<String, String>, ComposeError> {
+    let path = dir.join(".env");
+    let file = path.display().to_string();
+    let mut vars = BTreeMap::new();
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            for item in dotenvy::from_read_iter(text.as_bytes()) {
+                match item {
+                    Ok((k, v)) => {
+                        vars.insert(k, v);
+                    }
+                    Err(dotenvy::Error::LineParse(line, index)) => {
+                        // dotenvy names the line by its text: find it for a position.
+                        let (line_no, col) = text.find(line.as_str()).map_or((1, 1), |at| {
+                            let before = &text[..at];
+                            (before.matches('\n').count() + 1, index + 1)
+                        });
+                        return Err(error(
+                            &file,
+                            (line_no, col),
+                            format!("cannot parse {line:?} as KEY=value"),
+                        ));
+                    }
+                    Err(e) => {
+                        return Err(ComposeError::Read {
+                            file,
+                            message: e.to_string(),
+                        });
+                    }
+                }
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(ComposeError::Read {
+                file,
+                message: e.to_string(),
+            });
+        }
+    }
+    vars.extend(env);
+    Ok(vars)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -180,19 +241,25 @@ pub enum Cpu {
 }
 
 impl Cpu {
-    fn from_millis(millis: u32) -> Cpu {
+    /// As the spec writes it: `2`, `500m`.
+    pub fn text(&self) -> String {
+        match self {
+            Cpu::Cores(n) => n.to_string(),
+            Cpu::Millis(m) => m.clone(),
+        }
+    }
+
+    pub fn from_millis(millis: u32) -> Cpu {
         if millis.is_multiple_of(1000) {
             Cpu::Cores(millis / 1000)
         } else {
-            Cpu::Millis(format!("{millis}m"))
+            Cpu::Millis(fmt_cpu(millis))
         }
     }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Unit conversions (public for tests and reuse).
-
-const MIB: u128 = 1024 * 1024;
 
 /// Bytes from a Docker memory value: `512m`, `1gb`, `1.5G`, `100MiB`, `2048` (bytes).
 /// Units are binary multiples, as Docker means them.
@@ -241,14 +308,10 @@ fn scaled_decimal(number: &str, scale: u128) -> Option<u128> {
     whole.checked_add(part)
 }
 
-/// The spec quantity for a byte count: whole GiB as `NGi`, otherwise `NMi` rounded up.
+/// The spec quantity for a byte count, rounded up to whole MiB and written as the spec writes
+/// it (`NTi`, `NGi` or `NMi`: [`fmt_mib`]).
 pub fn mib_quantity(bytes: u64) -> String {
-    let mib = u128::from(bytes).div_ceil(MIB);
-    if mib % 1024 == 0 && mib > 0 {
-        format!("{}Gi", mib / 1024)
-    } else {
-        format!("{mib}Mi")
-    }
+    fmt_mib(bytes.div_ceil(1 << 20))
 }
 
 /// Millicores from a Compose `cpus` value (`0.5`, `"2"`, `1.25`), rounded up to a whole
@@ -359,18 +422,20 @@ pub fn convert(text: &str, file: &str, options: &Options) -> Result<Converted, C
     })?;
     doc.apply_merge()
         .map_err(|e| error(file, (1, 1), crate::caps::strip_location(&e.to_string())))?;
+    let mut cx = Cx {
+        file,
+        pos: KeyPositions::index(text),
+        warnings: Vec::new(),
+        options,
+    };
+    let mut unset = Vec::new();
+    interpolate_all(&mut cx, &mut doc, &mut Vec::new(), &mut unset)?;
     let Value::Mapping(top) = &doc else {
         return Err(error(
             file,
             (1, 1),
             "not a Compose file: expected a mapping with `services`",
         ));
-    };
-    let mut cx = Cx {
-        file,
-        pos: KeyPositions::index(text),
-        warnings: Vec::new(),
-        options,
     };
     let services = match top.get("services") {
         Some(Value::Mapping(m)) => m,
@@ -465,6 +530,64 @@ pub fn convert(text: &str, file: &str, options: &Options) -> Result<Converted, C
     })
 }
 
+/// Interpolate every string value under `v` (keys stay as written, as in Compose). A variable
+/// used without a value is warned about once, where it is first used.
+fn interpolate_all(
+    cx: &mut Cx<'_>,
+    v: &mut Value,
+    path: &mut Vec<String>,
+    unset: &mut Vec<String>,
+) -> Result<(), ComposeError> {
+    match v {
+        Value::String(text) if text.contains('$') => {
+            let at: Vec<&str> = path.iter().map(String::as_str).collect();
+            match crate::interpolate::interpolate(text, &cx.options.variables) {
+                Ok(out) => {
+                    let service = match at.as_slice() {
+                        ["services", service, _, ..] => Some(*service),
+                        _ => None,
+                    };
+                    for name in out.unset {
+                        if !unset.contains(&name) {
+                            cx.warn(
+                                &at,
+                                service,
+                                format!("variable {name} is not set; using an empty string"),
+                            );
+                            unset.push(name);
+                        }
+                    }
+                    *text = out.text;
+                }
+                Err(e) => {
+                    let pos = (1..=at.len())
+                        .rev()
+                        .find_map(|n| cx.pos.get(&at[..n]))
+                        .unwrap_or((1, 1));
+                    return Err(error(cx.file, pos, e.to_string()));
+                }
+            }
+        }
+        Value::Mapping(m) => {
+            for (k, child) in m.iter_mut() {
+                path.push(key_str(k));
+                interpolate_all(cx, child, path, unset)?;
+                path.pop();
+            }
+        }
+        Value::Sequence(items) => {
+            for (i, child) in items.iter_mut().enumerate() {
+                path.push(i.to_string());
+                interpolate_all(cx, child, path, unset)?;
+                path.pop();
+            }
+        }
+        Value::Tagged(t) => interpolate_all(cx, &mut t.value, path, unset)?,
+        _ => {}
+    }
+    Ok(())
+}
+
 /// The colony name from the file name: `web.compose.yaml` → `web`; a plain
 /// `docker-compose.yml` / `compose.yaml` takes its directory's name, as Compose does.
 pub fn default_colony_name(file: &str) -> String {
@@ -512,6 +635,10 @@ struct Pending {
     mem_limit: Option<String>,
     mem_reservation: Option<String>,
     cpus: Option<Cpu>,
+    /// `runtime: nvidia`: the container sees the node's GPUs.
+    runtime_nvidia: bool,
+    /// Where `deploy.resources.limits` was written, if it was.
+    limits_at: Option<Vec<String>>,
 }
 
 fn convert_service(
@@ -528,17 +655,10 @@ fn convert_service(
         let key = key_str(k);
         let path = ["services", name, key.as_str()];
         match key.as_str() {
-            "image" => {
-                match scalar(v) {
-                    Some(image) if !image.is_empty() => {
-                        if image.contains("${") {
-                            cx.warn(&path, s, format!("image {image:?} uses ${{...}} interpolation, which is not expanded"));
-                        }
-                        role.workload.image = image;
-                    }
-                    _ => cx.warn(&path, s, "`image` is not a string; ignored"),
-                }
-            }
+            "image" => match scalar(v) {
+                Some(image) if !image.is_empty() => role.workload.image = image,
+                _ => cx.warn(&path, s, "`image` is not a string; ignored"),
+            },
             "build" => p.has_build = true,
             "entrypoint" => role.workload.command = words(cx, &path, s, v),
             "command" => role.workload.args = words(cx, &path, s, v),
@@ -555,6 +675,24 @@ fn convert_service(
             "mem_limit" => p.mem_limit = memory(cx, &path, s, v),
             "mem_reservation" => p.mem_reservation = memory(cx, &path, s, v),
             "cpus" => p.cpus = cpu(cx, &path, s, v),
+            "runtime" => match scalar(v).as_deref() {
+                Some("nvidia") => p.runtime_nvidia = true,
+                Some("runc") => {}
+                other => cx.warn(
+                    &path,
+                    s,
+                    format!(
+                        "runtime {} is not mapped: the node's runtime runs the workload; ignored",
+                        other.unwrap_or("?")
+                    ),
+                ),
+            },
+            "shm_size" => cx.warn(
+                &path,
+                s,
+                "shm_size is not mapped: the container gets the runtime's default /dev/shm \
+                 (64Mi on Docker), which can be too small for browsers or data loaders. Dropped",
+            ),
             other => {
                 let message = match other {
                     "networks" => {
@@ -619,21 +757,72 @@ fn convert_service(
         role.replicas = Some(p.replicas.or(p.scale).unwrap_or(1));
     }
     role.workload.restart = p.deploy_restart.or(p.restart);
+    if p.runtime_nvidia {
+        let (gpus, message) = if p.gpus > 0 {
+            (
+                p.gpus,
+                "runtime: nvidia is how Docker exposes GPUs; the GPU request of this service already says how many. Dropped",
+            )
+        } else {
+            (
+                1,
+                "runtime: nvidia exposes the node's GPUs to the container: taken as a request for 1 GPU (needs.gpus and workload.gpus 1). Ask for more with deploy.resources.reservations.devices",
+            )
+        };
+        p.gpus = gpus;
+        cx.warn(&["services", name, "runtime"], s, message);
+    }
     if p.gpus > 0 {
         let gpus = u16::try_from(p.gpus).unwrap_or(u16::MAX);
         role.needs.gpus = Some(gpus);
         role.workload.gpus = Some(gpus);
     }
     if role.workload.limits.memory.is_none() {
-        role.workload.limits.memory = p.mem_limit;
+        role.workload.limits.memory = p.mem_limit.take();
     }
     if role.workload.limits.cpu.is_none() {
-        role.workload.limits.cpu = p.cpus;
+        role.workload.limits.cpu = p.cpus.clone();
     }
     if role.needs.memory.is_none() {
-        role.needs.memory = p.mem_reservation;
+        role.needs.memory = p.mem_reservation.take();
     }
+    default_needs_to_limits(cx, name, &mut role, &p);
     role
+}
+
+/// Like Kubernetes requests, needs default to the limits: a service that only sets limits
+/// would otherwise reserve nothing, and the planner would stack it anywhere.
+fn default_needs_to_limits(cx: &mut Cx<'_>, name: &str, role: &mut RoleOut, p: &Pending) {
+    let limits = &role.workload.limits;
+    let mut taken = Vec::new();
+    if role.needs.cpu.is_none()
+        && let Some(cpu) = &limits.cpu
+    {
+        role.needs.cpu = Some(cpu.clone());
+        taken.push(format!("cpu {}", cpu.text()));
+    }
+    if role.needs.memory.is_none()
+        && let Some(memory) = &limits.memory
+    {
+        role.needs.memory = Some(memory.clone());
+        taken.push(format!("memory {memory}"));
+    }
+    if taken.is_empty() {
+        return;
+    }
+    let at: Vec<&str> = match &p.limits_at {
+        Some(path) => path.iter().map(String::as_str).collect(),
+        None if p.cpus.is_some() && role.needs.cpu == p.cpus => vec!["services", name, "cpus"],
+        None => vec!["services", name, "mem_limit"],
+    };
+    cx.warn(
+        &at,
+        Some(name),
+        format!(
+            "no reservation for {}: needs set to the limits, so each replica reserves them on its node; give deploy.resources.reservations to reserve less",
+            taken.join(", ")
+        ),
+    );
 }
 
 /// A command: a list of strings, or a string split shell-style (Compose does not run a shell).
@@ -679,17 +868,19 @@ fn environment(
     let mut env = IndexMap::new();
     let mut add = |cx: &mut Cx<'_>, at: &str, key: String, value: Option<String>| {
         let at = [path, &[at]].concat();
+        if !dna::spec::env_name_ok(&key) {
+            cx.warn(
+                &at,
+                s,
+                format!(
+                    "environment name `{}` is empty or contains `=` or NUL; dropped",
+                    key.escape_debug()
+                ),
+            );
+            return;
+        }
         match value {
             Some(value) => {
-                if value.contains("${") {
-                    cx.warn(
-                        &at,
-                        s,
-                        format!(
-                            "environment {key} uses ${{...}} interpolation, which is not expanded"
-                        ),
-                    );
-                }
                 env.insert(key, value);
             }
             None => cx.warn(
@@ -1173,7 +1364,12 @@ fn depends_on(
             .enumerate()
             .filter_map(|(i, item)| Some((scalar(item)?, i.to_string())))
             .collect(),
-        Value::Mapping(m) => m.keys().map(|k| (key_str(k), key_str(k))).collect(),
+        Value::Mapping(m) => {
+            for (k, v) in m {
+                depends_on_options(cx, path, s, &key_str(k), v);
+            }
+            m.keys().map(|k| (key_str(k), key_str(k))).collect()
+        }
         Value::Null => Vec::new(),
         _ => {
             cx.warn(path, s, "`depends_on` must be a list or a mapping; ignored");
@@ -1193,6 +1389,40 @@ fn depends_on(
         }
     }
     out
+}
+
+/// The long form `depends_on: {db: {condition: service_healthy, restart: true}}`: a colony
+/// keeps the start order only, so every condition stronger than "started" is dropped, with a
+/// warning.
+fn depends_on_options(cx: &mut Cx<'_>, path: &[&str], s: Option<&str>, dep: &str, v: &Value) {
+    let Value::Mapping(m) = v else {
+        return;
+    };
+    for (k, v) in m {
+        let key = key_str(k);
+        let at = [path, &[dep, key.as_str()]].concat();
+        match (key.as_str(), scalar(v).as_deref()) {
+            ("condition", Some("service_started")) | ("required", Some("true")) => {}
+            ("condition", Some(c @ ("service_healthy" | "service_completed_successfully"))) => {
+                cx.warn(
+                    &at,
+                    s,
+                    format!(
+                        "depends_on {dep}: condition {c} dropped: a colony starts {dep} first but does not wait until it is {}",
+                        if c == "service_healthy" { "healthy" } else { "done" }
+                    ),
+                )
+            }
+            (key, value) => cx.warn(
+                &at,
+                s,
+                format!(
+                    "depends_on {dep}: {key}: {} is not mapped (only the start order is); dropped",
+                    value.unwrap_or("...")
+                ),
+            ),
+        }
+    }
 }
 
 fn count(cx: &mut Cx<'_>, path: &[&str], s: Option<&str>, v: &Value) -> Option<u32> {
@@ -1389,7 +1619,10 @@ fn resources(
         };
         let reservations = match key.as_str() {
             "reservations" => true,
-            "limits" => false,
+            "limits" => {
+                p.limits_at = Some(sub.iter().map(|k| (*k).to_owned()).collect());
+                false
+            }
             other => {
                 cx.warn(&sub, s, format!("resources.{other} is not mapped; ignored"));
                 continue;
@@ -1471,7 +1704,8 @@ mod tests {
         assert_eq!(mib_quantity(3 << 29), "1536Mi");
         assert_eq!(mib_quantity(1), "1Mi");
         assert_eq!(mib_quantity(0), "0Mi");
-        assert_eq!(mib_quantity(u64::MAX), "17179869184Gi");
+        assert_eq!(mib_quantity(1 << 40), "1Ti");
+        assert_eq!(mib_quantity(u64::MAX), "16777216Ti");
     }
 
     #[test]
@@ -1579,6 +1813,7 @@ mod tests {
     fn relative_binds_resolve_against_the_compose_dir() {
         let options = Options {
             base_dir: Some(PathBuf::from("/srv/shop")),
+            ..Options::default()
         };
         let out = convert(
             "services:\n  web:\n    image: nginx\n    volumes: [./html:/usr/share/nginx/html:ro, ../x:/x, ~/y:/y, /z]\n",
@@ -1672,6 +1907,13 @@ mod tests {
         );
         assert_eq!(b["workload"]["limits"]["memory"].as_str(), Some("1536Mi"));
         assert_eq!(b["workload"]["limits"]["cpu"].as_str(), Some("750m"));
-        assert_eq!(out.warnings.len(), 1, "{:?}", out.warnings);
+        // Limits alone: the needs follow them, with a warning at the first limit's key.
+        assert_eq!(b["needs"]["cpu"].as_str(), Some("750m"));
+        assert_eq!(b["needs"]["memory"].as_str(), Some("1536Mi"));
+        assert_eq!(out.warnings.len(), 2, "{:?}", out.warnings);
+        assert_eq!(
+            out.warnings[1].to_string(),
+            "c.yaml:12:5: warning: service b: no reservation for cpu 750m, memory 1536Mi: needs set to the limits, so each replica reserves them on its node; give deploy.resources.reservations to reserve less"
+        );
     }
 }

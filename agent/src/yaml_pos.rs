@@ -36,30 +36,30 @@ impl KeyPositions {
         for item in Parser::new_from_str(text) {
             let Ok((event, span)) = item else { break };
             let at = (span.start.line(), span.start.col() + 1);
-            if let Some(Frame::Sequence { path, index }) = stack.last() {
-                if matches!(
+            if let Some(Frame::Sequence { path, index }) = stack.last()
+                && matches!(
                     event,
                     Event::Scalar(..)
                         | Event::Alias(_)
                         | Event::MappingStart(..)
                         | Event::SequenceStart(..)
-                ) {
-                    let mut full = path.clone();
-                    full.push(index.to_string());
-                    keys.entry(full).or_insert(at);
-                }
+                )
+            {
+                let mut full = path.clone();
+                full.push(index.to_string());
+                keys.entry(full).or_insert(at);
             }
             match event {
                 Event::DocumentEnd => break,
                 Event::Scalar(value, ..) => {
-                    if let Some(Frame::Mapping { path, key }) = stack.last_mut() {
-                        if key.is_none() {
-                            let mut full = path.clone();
-                            full.push(value.to_string());
-                            keys.entry(full).or_insert(at);
-                            *key = Some(value.to_string());
-                            continue;
-                        }
+                    if let Some(Frame::Mapping { path, key }) = stack.last_mut()
+                        && key.is_none()
+                    {
+                        let mut full = path.clone();
+                        full.push(value.to_string());
+                        keys.entry(full).or_insert(at);
+                        *key = Some(value.to_string());
+                        continue;
                     }
                     value_done(&mut stack);
                 }

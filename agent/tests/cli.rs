@@ -69,14 +69,30 @@ fn usage_errors_exit_2() {
 }
 
 #[test]
-fn run_points_at_the_simulator() {
+fn run_without_a_colony_or_credentials_says_what_is_missing() {
     let r = aware(&["run"]);
     assert_eq!(r.code, 1);
-    assert!(r.stderr.contains("not implemented"), "{}", r.stderr);
+    assert!(r.stderr.contains("no colony name"), "{}", r.stderr);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let r = aware(&[
+        "run",
+        "--colony",
+        "c",
+        "--bind",
+        "127.0.0.1:0",
+        "--advertise",
+        "127.0.0.1:1",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 1);
     assert!(
+        r.stderr.contains("holds no node certificate"),
+        "{}",
         r.stderr
-            .contains("cargo run --release -p aware-sim -- run sim/scenarios/queen-crash.yaml")
     );
+    assert!(r.stderr.contains("--join-token"), "{}", r.stderr);
 }
 
 #[test]
@@ -174,7 +190,10 @@ fn caps_prints_yaml_or_json_and_rejects_bad_config() {
     let json: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(json["labels"]["zone"], "a");
     assert_eq!(json["gpus"], 2);
-    assert_eq!(json["arch"], std::env::consts::ARCH);
+    assert_eq!(
+        json["arch"],
+        aware_agent::caps::oci_arch(std::env::consts::ARCH, cfg!(target_endian = "little"))
+    );
 
     let r = aware(&["caps", "--config", &config]);
     assert_eq!(r.code, 0, "{}", r.stderr);
@@ -188,5 +207,57 @@ fn caps_prints_yaml_or_json_and_rejects_bad_config() {
         r.stderr.starts_with(&format!("{bad}:2:7: ")),
         "{}",
         r.stderr
+    );
+}
+
+#[test]
+fn import_compose_interpolates_from_the_environment_over_dot_env() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-interpolate");
+    std::fs::create_dir_all(&dir).unwrap();
+    let compose = dir.join("compose.yaml");
+    std::fs::write(
+        &compose,
+        "services:\n  web:\n    image: nginx:${TAG:-1.27}\n    volumes: [\"${DATA:-./data}:/data\"]\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join(".env"), "TAG=1.26\nDATA=/srv/from-dot-env\n").unwrap();
+    let run = |tag: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_aware-agent"));
+        cmd.args(["spec", "import-compose"]).arg(&compose);
+        cmd.env_remove("TAG").env_remove("DATA");
+        if let Some(tag) = tag {
+            cmd.env("TAG", tag);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let from_file = run(None);
+    assert!(from_file.contains("image: nginx:1.26"), "{from_file}");
+    assert!(from_file.contains("/srv/from-dot-env:/data"), "{from_file}");
+    let from_env = run(Some("1.28"));
+    assert!(from_env.contains("image: nginx:1.28"), "{from_env}");
+
+    // A required variable that is missing is an error with its position (exit 1).
+    std::fs::write(
+        &compose,
+        "services:\n  web:\n    image: nginx:${TAG:?pick a tag}\n",
+    )
+    .unwrap();
+    std::fs::remove_file(dir.join(".env")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_aware-agent"))
+        .args(["spec", "import-compose"])
+        .arg(&compose)
+        .env_remove("TAG")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let file = compose.display().to_string();
+    assert!(
+        stderr.starts_with(&format!(
+            "{file}:3:5: required variable TAG is missing a value: pick a tag"
+        )),
+        "{stderr}"
     );
 }

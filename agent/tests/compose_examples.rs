@@ -13,6 +13,7 @@ fn convert(name: &str) -> String {
     // A fixed base directory keeps resolved relative binds independent of the checkout.
     let options = Options {
         base_dir: Some(PathBuf::from("/srv/compose")),
+        ..Options::default()
     };
     let out = compose::convert(&text, name, &options).unwrap();
     let warnings: Vec<String> = out.warnings.iter().map(ToString::to_string).collect();
