@@ -5,7 +5,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use dna::plan::plan;
 use std::collections::BTreeMap;
 use std::hint::black_box;
-use swarm_core::spec::{ColonySpec, Count, Needs, NodeRecord, RoleSpec, Strategy, Workload};
+use swarm_core::spec::{ColonySpec, Count, Needs, NodeRecord, RoleSpec, Strategy};
 use swarm_core::{Capabilities, NodeId};
 
 fn nodes(n: u64) -> Vec<NodeRecord> {
@@ -20,6 +20,7 @@ fn nodes(n: u64) -> Vec<NodeRecord> {
                 arch: if i % 7 == 0 { "aarch64" } else { "x86_64" }.to_owned(),
                 labels: BTreeMap::from([("zone".to_owned(), format!("z{}", i % 3))]),
             },
+            ip: None,
         })
         .collect()
 }
@@ -44,9 +45,8 @@ fn spec(roles: usize, replicas: u32) -> ColonySpec {
             if i % 10 == 7 {
                 needs.labels.insert("zone".to_owned(), "z1".to_owned());
             }
+            let base = RoleSpec::new(&name, Count::Replicas(replicas));
             RoleSpec {
-                name: name.clone(),
-                count: Count::Replicas(replicas),
                 fallback: (i % 10 == 3).then(|| Needs {
                     gpus: 0,
                     ..needs.clone()
@@ -64,8 +64,7 @@ fn spec(roles: usize, replicas: u32) -> ColonySpec {
                 },
                 anti_affinity: if i % 10 == 9 { vec![name] } else { vec![] },
                 priority: (i % 3) as i32,
-                depends_on: vec![],
-                workload: Workload::default(),
+                ..base
             }
         })
         .collect();
