@@ -286,6 +286,41 @@ async fn lifecycle_health_kill_restart_adopt_stop() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_started_and_stopped_at_once_each_get_their_own_container() {
+    let Some((rt, _cleanup)) = setup("at_once", 0x0d0c_0000_0000_0006).await else {
+        return;
+    };
+    const N: u32 = 10;
+    let keys: Vec<ReplicaKey> = (0..N).map(|i| ReplicaKey::new("c", "many", i)).collect();
+    // Every start runs beside the others (one Docker runtime, striped locks); a start of one
+    // replica twice at once must still give one container.
+    let starts = keys.iter().chain(keys.iter().take(2)).map(|k| {
+        let spec = StartSpec::new(k.clone(), sleeper());
+        let rt = &rt;
+        async move { rt.start(&spec).await }
+    });
+    let started = futures_util::future::join_all(starts).await;
+    for o in &started {
+        let o = o.as_ref().unwrap();
+        assert_eq!(o.state, ReplicaState::Running, "{}", o.key);
+    }
+    let listed = rt.list().await.unwrap();
+    assert_eq!(
+        listed.len(),
+        N as usize,
+        "one container per replica: {listed:?}"
+    );
+    let names: std::collections::BTreeSet<String> =
+        keys.iter().map(|k| rt.container_name(k)).collect();
+    assert_eq!(names.len(), N as usize);
+    let stops = keys.iter().map(|k| rt.stop(k));
+    for r in futures_util::future::join_all(stops).await {
+        r.unwrap();
+    }
+    assert!(rt.list().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unlabelled_containers_are_left_alone() {
     let node = 0x0d0c_0000_0000_0002;
     let Some((rt, mut cleanup)) = setup("unlabelled", node).await else {

@@ -23,6 +23,10 @@
 //!   container's IP; those containers get `HEALTHCHECK NONE` (the image's own check would compete)
 //!   and carry the probe in `io.aware.probe`, so a restarted agent resumes probing. Without a
 //!   probe in the spec, the image's own HEALTHCHECK (if any) is reported.
+//! - **Concurrency.** A start and a stop of one replica never overlap; different replicas are
+//!   created, started and removed concurrently, at most [`OP_STRIPES`] at a time (the replica
+//!   key picks one of that many locks). Twenty replicas applied at once therefore do not queue
+//!   behind each other, and the daemon never sees more than [`OP_STRIPES`] operations from us.
 //! - **Events, not polling.** One task follows Docker's event stream, filtered server-side to our
 //!   node label, `type=container` and the events `start`, `die`, `health_status`, `destroy`,
 //!   `oom`; each event is turned into the container's current state by one inspect and broadcast.
@@ -113,8 +117,21 @@ struct Shared {
 pub struct DockerRuntime {
     shared: Arc<Shared>,
     events_task: JoinHandle<()>,
-    /// Serialises start and stop.
-    ops: tokio::sync::Mutex<()>,
+    /// Start and stop take the lock of their replica's stripe: one replica's operations are
+    /// serial, other replicas' run beside them (at most [`OP_STRIPES`] at once).
+    ops: [tokio::sync::Mutex<()>; OP_STRIPES],
+}
+
+/// How many start/stop operations of different replicas may run at once.
+pub const OP_STRIPES: usize = 8;
+
+/// The stripe whose lock guards `key`'s operations (the same key always maps to the same one).
+fn stripe_of(key: &ReplicaKey) -> usize {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let mut h = DefaultHasher::new();
+    key.hash(&mut h);
+    // The remainder is below OP_STRIPES, so it fits a usize on every platform.
+    usize::try_from(h.finish() % OP_STRIPES as u64).unwrap_or(0)
 }
 
 impl Drop for DockerRuntime {
@@ -724,7 +741,7 @@ impl DockerRuntime {
         Ok(DockerRuntime {
             shared,
             events_task,
-            ops: tokio::sync::Mutex::new(()),
+            ops: std::array::from_fn(|_| tokio::sync::Mutex::new(())),
         })
     }
 
@@ -824,12 +841,12 @@ impl Runtime for DockerRuntime {
     }
 
     async fn start(&self, spec: &StartSpec) -> Result<Observed, RuntimeError> {
-        let _op = self.ops.lock().await;
+        let _op = self.ops[stripe_of(&spec.key)].lock().await;
         self.start_locked(spec).await
     }
 
     async fn stop(&self, key: &ReplicaKey) -> Result<(), RuntimeError> {
-        let _op = self.ops.lock().await;
+        let _op = self.ops[stripe_of(key)].lock().await;
         key.validate()?;
         self.shared.drop_prober(key, None);
         for id in self.shared.our_container_ids(Some(key)).await? {
@@ -939,6 +956,21 @@ mod tests {
             ("reg:5000/a/b".into(), Some("latest".into()))
         );
         assert_eq!(split_reference("a@sha256:00"), ("a@sha256:00".into(), None));
+    }
+
+    #[test]
+    fn a_replica_keeps_its_stripe_and_replicas_spread_over_stripes() {
+        let key = |i| ReplicaKey::new("c", "web", i);
+        let stripes: std::collections::BTreeSet<usize> =
+            (0..20).map(|i| stripe_of(&key(i))).collect();
+        assert!(stripes.iter().all(|s| *s < OP_STRIPES));
+        assert!(
+            stripes.len() >= OP_STRIPES / 2,
+            "20 replicas on stripes {stripes:?}"
+        );
+        for i in 0..20 {
+            assert_eq!(stripe_of(&key(i)), stripe_of(&key(i)));
+        }
     }
 
     #[test]
