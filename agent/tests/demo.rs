@@ -73,6 +73,19 @@ fn lines(child: &mut Child) -> mpsc::Receiver<String> {
     rx
 }
 
+/// Reads the demo's timeline until it reports a crowning (within [`DEADLINE`]).
+fn wait_for_crowning(stderr: &mpsc::Receiver<String>) {
+    let start = Instant::now();
+    loop {
+        let line = stderr
+            .recv_timeout(DEADLINE.saturating_sub(start.elapsed()))
+            .expect("no crowning in the demo's timeline");
+        if line.contains("crowned") {
+            return;
+        }
+    }
+}
+
 /// Processes whose parent is `pid`.
 fn children_of(pid: u32) -> Vec<u32> {
     std::fs::read_dir("/proc")
@@ -181,16 +194,9 @@ fn ctrl_c_stops_every_agent_and_removes_the_directory() {
     let tmp = tempfile::tempdir().unwrap();
     let mut g = demo(tmp.path(), &["--nodes", "3", "--json"]);
     let pid = g.0.as_ref().unwrap().id();
+    // Kept to the end: dropping it would stop the reader and let the demo block on stderr.
     let stderr = lines(g.0.as_mut().unwrap());
-    let start = Instant::now();
-    loop {
-        let line = stderr
-            .recv_timeout(DEADLINE.saturating_sub(start.elapsed()))
-            .expect("no crowning in the demo's timeline");
-        if line.contains("crowned") {
-            break;
-        }
-    }
+    wait_for_crowning(&stderr);
     let agents = children_of(pid);
     assert_eq!(agents.len(), 3, "{agents:?}");
     assert!(!empty(tmp.path()));
@@ -213,16 +219,9 @@ fn agents_do_not_outlive_a_killed_demo() {
     let tmp = tempfile::tempdir().unwrap();
     let mut g = demo(tmp.path(), &["--nodes", "2", "--json"]);
     let pid = g.0.as_ref().unwrap().id();
+    // Kept to the end: dropping it would stop the reader and let the demo block on stderr.
     let stderr = lines(g.0.as_mut().unwrap());
-    let start = Instant::now();
-    loop {
-        let line = stderr
-            .recv_timeout(DEADLINE.saturating_sub(start.elapsed()))
-            .expect("no crowning in the demo's timeline");
-        if line.contains("crowned") {
-            break;
-        }
-    }
+    wait_for_crowning(&stderr);
     let agents = children_of(pid);
     assert_eq!(agents.len(), 2, "{agents:?}");
     // SIGKILL: the demo cleans nothing up; the kernel's parent-death signal stops the agents.

@@ -13,18 +13,20 @@
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 #![allow(clippy::disallowed_methods)] // tests measure and bound real time
 
+mod support;
+
 use aware_agent::runtime::docker::{DockerConfig, DockerRuntime};
 use aware_agent::runtime::{
-    LABEL_NODE, Observed, ReplicaKey, ReplicaState, Runtime, RuntimeError, RuntimeEvent, StartSpec,
+    LABEL_NODE, ReplicaKey, ReplicaState, Runtime, RuntimeError, RuntimeEvent, StartSpec,
 };
 use bollard::query_parameters::KillContainerOptionsBuilder;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
+use support::events::wait_for;
 use swarm_core::NodeId;
 use swarm_core::spec::{HealthCheck, Limits, Port, Probe, Protocol, Volume, Workload};
-use tokio::sync::broadcast;
 
 const IMAGE: &str = "aware-busybox:local";
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -146,26 +148,6 @@ fn sleeper() -> Workload {
     }
 }
 
-async fn wait_for(
-    rx: &mut broadcast::Receiver<RuntimeEvent>,
-    key: &ReplicaKey,
-    what: &str,
-    pred: impl Fn(&Observed) -> bool,
-) -> Observed {
-    let wait = async {
-        loop {
-            match rx.recv().await {
-                Ok(RuntimeEvent::Changed(o)) if &o.key == key && pred(&o) => return o,
-                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Err(broadcast::error::RecvError::Closed) => panic!("event channel closed"),
-            }
-        }
-    };
-    tokio::time::timeout(DEADLINE, wait)
-        .await
-        .unwrap_or_else(|_| panic!("no event `{what}` for {key} within {DEADLINE:?}"))
-}
-
 async fn container_started_at(rt: &DockerRuntime, id: &str) -> String {
     let c = rt.client().inspect_container(id, None).await.unwrap();
     c.state.unwrap().started_at.unwrap()
@@ -194,7 +176,7 @@ async fn lifecycle_health_kill_restart_adopt_stop() {
     );
     assert_eq!(started.restarts, 0);
     assert!(started.pid.is_some() && started.started_at_unix_ms > 0);
-    let healthy = wait_for(&mut events, &key, "healthy", |o| {
+    let healthy = wait_for(DEADLINE, &mut events, &key, "healthy", |o| {
         o.state == ReplicaState::Healthy
     })
     .await;
@@ -223,7 +205,10 @@ async fn lifecycle_health_kill_restart_adopt_stop() {
         .kill_container(&started.instance, Some(kill))
         .await
         .unwrap();
-    let exited = wait_for(&mut events, &key, "exited", |o| !o.state.is_alive()).await;
+    let exited = wait_for(DEADLINE, &mut events, &key, "exited", |o| {
+        !o.state.is_alive()
+    })
+    .await;
     assert_eq!(exited.state, ReplicaState::Exited { code: Some(137) });
     assert_eq!(exited.instance, started.instance);
 
@@ -231,7 +216,7 @@ async fn lifecycle_health_kill_restart_adopt_stop() {
     let again = rt.start(&spec).await.unwrap();
     assert_ne!(again.instance, started.instance);
     assert_eq!(again.restarts, 1);
-    wait_for(&mut events, &key, "healthy again", |o| {
+    wait_for(DEADLINE, &mut events, &key, "healthy again", |o| {
         o.state == ReplicaState::Healthy && o.instance == again.instance
     })
     .await;
@@ -256,7 +241,7 @@ async fn lifecycle_health_kill_restart_adopt_stop() {
         docker_started_at
     );
     if adopted.state != ReplicaState::Healthy {
-        wait_for(&mut events, &key, "healthy after adoption", |o| {
+        wait_for(DEADLINE, &mut events, &key, "healthy after adoption", |o| {
             o.state == ReplicaState::Healthy
         })
         .await;
@@ -492,7 +477,7 @@ async fn docker_healthcheck_env_volumes_and_limits() {
     let started = rt.start(&spec).await.unwrap();
     assert_eq!(started.state, ReplicaState::Starting);
     // Docker runs the exec probe (HEALTHCHECK CMD) and its health_status event is reported.
-    wait_for(&mut events, &key, "healthy", |o| {
+    wait_for(DEADLINE, &mut events, &key, "healthy", |o| {
         o.state == ReplicaState::Healthy
     })
     .await;

@@ -8,15 +8,17 @@
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 #![allow(clippy::disallowed_methods)] // tests measure and bound real time
 
+mod support;
+
 use aware_agent::runtime::process::{ProcessConfig, ProcessRuntime};
 use aware_agent::runtime::{
     Observed, ReplicaKey, ReplicaState, Runtime, RuntimeError, RuntimeEvent, StartSpec,
 };
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use support::events::wait_for;
 use swarm_core::NodeId;
 use swarm_core::spec::{HealthCheck, Limits, Probe, Workload};
-use tokio::sync::broadcast;
 
 const NODE: NodeId = NodeId(0x00a1_b2c3_d4e5_f607);
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -80,28 +82,6 @@ fn tcp_check(port: u16) -> HealthCheck {
     }
 }
 
-/// Waits for a `Changed` event of `key` that satisfies `pred`.
-async fn wait_for(
-    rx: &mut broadcast::Receiver<RuntimeEvent>,
-    key: &ReplicaKey,
-    what: &str,
-    pred: impl Fn(&Observed) -> bool,
-) -> Observed {
-    let wait = async {
-        loop {
-            match rx.recv().await {
-                Ok(RuntimeEvent::Changed(o)) if &o.key == key && pred(&o) => return o,
-                Ok(_) => {}
-                Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Err(broadcast::error::RecvError::Closed) => panic!("event channel closed"),
-            }
-        }
-    };
-    tokio::time::timeout(DEADLINE, wait)
-        .await
-        .unwrap_or_else(|_| panic!("no event `{what}` for {key} within {DEADLINE:?}"))
-}
-
 /// Polls `cond` until it holds or the deadline passes (for things no event reports: files,
 /// other processes).
 async fn until(what: &str, cond: impl Fn() -> bool) {
@@ -155,7 +135,7 @@ async fn lifecycle_probe_exit_restart_stop() {
     assert!(alive(pid));
     assert_eq!(started.restarts, 0);
 
-    wait_for(&mut events, &key, "healthy", |o| {
+    wait_for(DEADLINE, &mut events, &key, "healthy", |o| {
         o.state == ReplicaState::Healthy
     })
     .await;
@@ -167,7 +147,7 @@ async fn lifecycle_probe_exit_restart_stop() {
     );
 
     drop(listener);
-    wait_for(&mut events, &key, "unhealthy", |o| {
+    wait_for(DEADLINE, &mut events, &key, "unhealthy", |o| {
         o.state == ReplicaState::Unhealthy
     })
     .await;
@@ -178,7 +158,10 @@ async fn lifecycle_probe_exit_restart_stop() {
         rustix::process::Signal::KILL,
     )
     .unwrap();
-    let exited = wait_for(&mut events, &key, "exited", |o| !o.state.is_alive()).await;
+    let exited = wait_for(DEADLINE, &mut events, &key, "exited", |o| {
+        !o.state.is_alive()
+    })
+    .await;
     assert_eq!(exited.state, ReplicaState::Exited { code: Some(137) });
     assert_eq!(exited.pid, None);
     let listed = rt.list().await.unwrap();
@@ -294,7 +277,7 @@ async fn output_log_is_capped_and_rotated() {
         .await
         .unwrap();
     scratch.note(&o);
-    let exited = wait_for(&mut events, &key, "exit", |o| !o.state.is_alive()).await;
+    let exited = wait_for(DEADLINE, &mut events, &key, "exit", |o| !o.state.is_alive()).await;
     assert_eq!(exited.state, ReplicaState::Exited { code: Some(3) });
     let log = rt.log_path(&key);
     let rotated = log.with_file_name("output.log.1");
@@ -339,7 +322,7 @@ async fn env_workdir_gpus_and_memory_limit() {
     spec.gpu_ids = vec![0, 1];
     let o = rt.start(&spec).await.unwrap();
     scratch.note(&o);
-    let exited = wait_for(&mut events, &key, "exit", |o| !o.state.is_alive()).await;
+    let exited = wait_for(DEADLINE, &mut events, &key, "exit", |o| !o.state.is_alive()).await;
     assert_eq!(exited.state, ReplicaState::Exited { code: Some(0) });
     let work = rt.replica_dir(&key).join("work");
     let want = format!("from-workload extra 0,1 {} 524288\n", work.display());
@@ -413,7 +396,7 @@ async fn http_probe_against_busybox_httpd() {
     });
     let o = rt.start(&StartSpec::new(key.clone(), w)).await.unwrap();
     scratch.note(&o);
-    let healthy = wait_for(&mut events, &key, "healthy", |o| {
+    let healthy = wait_for(DEADLINE, &mut events, &key, "healthy", |o| {
         o.state == ReplicaState::Healthy
     })
     .await;
@@ -441,7 +424,7 @@ async fn a_restarted_agent_adopts_without_restarting() {
         let mut events = rt.subscribe();
         let o = rt.start(&spec).await.unwrap();
         scratch.note(&o);
-        wait_for(&mut events, &key, "healthy", |o| {
+        wait_for(DEADLINE, &mut events, &key, "healthy", |o| {
             o.state == ReplicaState::Healthy
         })
         .await;
@@ -475,7 +458,7 @@ async fn a_restarted_agent_adopts_without_restarting() {
     // The probe resumes at once (it may already have passed: events began at `subscribe`,
     // the inspect after it covers the gap); the start call is a no-op for the same workload.
     if adopted.state != ReplicaState::Healthy {
-        wait_for(&mut events, &key, "healthy again", |o| {
+        wait_for(DEADLINE, &mut events, &key, "healthy again", |o| {
             o.state == ReplicaState::Healthy
         })
         .await;
@@ -494,7 +477,7 @@ async fn a_restarted_agent_adopts_without_restarting() {
         rustix::process::Signal::KILL,
     )
     .unwrap();
-    let gone = wait_for(&mut events, &short, "exit of the adopted", |o| {
+    let gone = wait_for(DEADLINE, &mut events, &short, "exit of the adopted", |o| {
         !o.state.is_alive()
     })
     .await;

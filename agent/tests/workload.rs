@@ -11,11 +11,11 @@
 #![allow(clippy::disallowed_methods)] // tests bound real time with deadlines
 #![allow(clippy::disallowed_types)] // a blocking HTTP client (sockets are allowed in agent/)
 
+mod support;
+
 use aware_agent::runtime::docker::{DockerConfig, DockerRuntime};
 use aware_agent::runtime::process::{ProcessConfig, ProcessRuntime};
-use aware_agent::runtime::{
-    LABEL_NODE, Observed, ReplicaKey, ReplicaState, Runtime, RuntimeEvent, StartSpec,
-};
+use aware_agent::runtime::{LABEL_NODE, ReplicaKey, ReplicaState, Runtime, StartSpec};
 use aware_agent::workload::endpoints_var;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -24,9 +24,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
+use support::events::wait_for;
 use swarm_core::NodeId;
 use swarm_core::spec::ColonySpec;
-use tokio::sync::broadcast;
 
 const BIN: &str = env!("CARGO_BIN_EXE_aware-agent");
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -457,26 +457,6 @@ fn demo_spec(name: &str) -> ColonySpec {
         .into_spec()
 }
 
-async fn wait_for(
-    rx: &mut broadcast::Receiver<RuntimeEvent>,
-    key: &ReplicaKey,
-    what: &str,
-    pred: impl Fn(&Observed) -> bool,
-) -> Observed {
-    let wait = async {
-        loop {
-            match rx.recv().await {
-                Ok(RuntimeEvent::Changed(o)) if &o.key == key && pred(&o) => return o,
-                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Err(broadcast::error::RecvError::Closed) => panic!("event channel closed"),
-            }
-        }
-    };
-    tokio::time::timeout(DEADLINE, wait)
-        .await
-        .unwrap_or_else(|_| panic!("no event `{what}` for {key} within {DEADLINE:?}"))
-}
-
 /// The port a role's workload publishes (demo specs publish exactly one).
 fn published_port(spec: &ColonySpec, role: &str) -> u16 {
     spec.role(role).unwrap().workload.ports[0].host.unwrap()
@@ -544,7 +524,7 @@ async fn demo_yaml_runs_on_the_process_runtime() {
         start.extra_env.insert("PATH".into(), path.clone());
         rt.start(&start).await.unwrap();
         let log = rt.log_path(&key);
-        let healthy = wait_for(&mut events, &key, "healthy", |o| {
+        let healthy = wait_for(DEADLINE, &mut events, &key, "healthy", |o| {
             o.state == ReplicaState::Healthy || !o.state.is_alive()
         })
         .await;
@@ -634,7 +614,7 @@ async fn demo_docker_yaml_serves_its_identity() {
     let mut start = StartSpec::new(key.clone(), spec.role("store").unwrap().workload.clone());
     start.extra_env = contract_env(&spec, "store", node, ip, &BTreeMap::new());
     rt.start(&start).await.unwrap();
-    let o = wait_for(&mut events, &key, "healthy", |o| {
+    let o = wait_for(DEADLINE, &mut events, &key, "healthy", |o| {
         o.state == ReplicaState::Healthy || !o.state.is_alive()
     })
     .await;
